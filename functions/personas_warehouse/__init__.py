@@ -1,0 +1,1 @@
+"""personas-warehouse: Segment Personas calls from Pub/Sub into BigQuery, Segment's warehouse layout."""

@@ -1,0 +1,174 @@
+"""Ingest one Pub/Sub message: decode, shape, write, record. Returns only when every row, discard and
+rejection is durably in BigQuery (then the caller acks); raises when the message must be redelivered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from personas_warehouse import naming, values
+from personas_warehouse.bigquery import Deadline, Warehouse
+from personas_warehouse.errors import ErrorClass, Rejection, TransientError
+from personas_warehouse.logs import log
+from personas_warehouse.messages import PubSubMessage, RoutedCall, decode
+from personas_warehouse.settings import Settings
+from personas_warehouse.shaping import DISCARDS, Discard, PendingRow, discard_rows, fit_rows, plan_columns, shape
+from schemas.tables import spec
+
+REJECTED_MESSAGES = "rejected_messages"
+
+
+@dataclass
+class Outcome:
+    """What happened to one message (also the HTTP-free summary tests read)."""
+
+    rows: dict[str, int] = field(default_factory=dict)  # "personas_default.identifies" -> count
+    discards: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def ingest(
+    message: PubSubMessage,
+    warehouse: Warehouse,
+    settings: Settings,
+    *,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Outcome:
+    deadline = Deadline(settings.ingest_deadline_seconds)
+    decoded = decode(message, settings)
+    outcome = Outcome(rejections=list(decoded.rejections))
+    pending = [
+        row
+        for routed in decoded.calls
+        for row in shape(routed, received_at=message.publish_time, insert_prefix=message.message_id)
+        if settings.space(routed.space).table_enabled(row.table)
+    ]
+    loaded_at = values.format_timestamp(now())
+    discards: list[Discard] = []
+    for (space, table, kind), rows in _groups(pending).items():
+        dataset = naming.space_dataset(space)
+        config = settings.space(space)
+        schema = warehouse.ensure_table(dataset, table, spec(kind), deadline)
+        new = plan_columns(rows, schema, config, settings.max_columns_per_table)
+        if new:
+            schema = warehouse.add_columns(dataset, table, new, deadline)
+        fitted = fit_rows(rows, schema, config, loaded_at)
+        refused_ids = set()
+        for refusal in warehouse.insert(dataset, table, fitted.rows, fitted.insert_ids, deadline):
+            row = rows[refusal.index]
+            refused_ids.add(row.row_id)
+            errors = {f"{table}.{e.get('location') or '_row'}": [str(e.get("message", e))] for e in refusal.errors}
+            outcome.rejections.append(Rejection(ErrorClass.ROW_REFUSED, errors, row.call_index, space))
+        outcome.rows[f"{dataset}.{table}"] = len(rows) - len(refused_ids)
+        discards.extend(d for d in fitted.discards if d.row_id not in refused_ids)
+    for space, items in _by_space(discards, settings).items():
+        dataset = naming.space_dataset(space)
+        warehouse.ensure_table(dataset, DISCARDS, spec(DISCARDS), deadline)
+        out = discard_rows(items, loaded_at)
+        if warehouse.insert(dataset, DISCARDS, out.rows, out.insert_ids, deadline):
+            raise TransientError(f"BigQuery refused rows of {dataset}.{DISCARDS}")
+        outcome.discards += len(items)
+    if outcome.rejections:
+        record_rejections(message, decoded.data, outcome.rejections, warehouse, settings, deadline, loaded_at)
+    _log_outcome(message, decoded.calls, pending, discards, outcome.rejections)
+    return outcome
+
+
+def _by_space(discards: Iterable[Discard], settings: Settings) -> dict[str, list[Discard]]:
+    grouped: dict[str, list[Discard]] = {}
+    for item in discards:
+        if settings.space(item.space).table_enabled(DISCARDS):
+            grouped.setdefault(item.space, []).append(item)
+    return grouped
+
+
+def _log_outcome(
+    message: PubSubMessage,
+    calls: list[RoutedCall],
+    pending: list[PendingRow],
+    discards: list[Discard],
+    rejections: list[Rejection],
+) -> None:
+    """One line per call: written (with its tables and discard count) or rejected (with the reasons)."""
+    refused = {r.call_index for r in rejections}
+    for routed in calls:
+        if routed.index in refused:
+            continue
+        tables = [row.table for row in pending if row.call_index == routed.index]
+        lost = sum(1 for d in discards if d.space == routed.space and d.row_id == routed.call.message_id)
+        log(
+            "WARNING" if lost else "INFO",
+            "call written" if tables else "call skipped (tables disabled)",
+            pubsub_message_id=message.message_id,
+            call_index=routed.index,
+            space=routed.space,
+            table=",".join(tables),
+            outcome="written" if tables else "skipped",
+            discards=lost,
+        )
+    for rejection in rejections:
+        log(
+            "WARNING",
+            "call rejected",
+            pubsub_message_id=message.message_id,
+            call_index=rejection.call_index,
+            space=rejection.space,
+            outcome=str(rejection.error_class),
+            errors=rejection.errors,
+        )
+
+
+def _groups(rows: Iterable[PendingRow]) -> dict[tuple[str, str, str], list[PendingRow]]:
+    groups: dict[tuple[str, str, str], list[PendingRow]] = {}
+    for row in rows:
+        groups.setdefault((row.space, row.table, row.kind), []).append(row)
+    return groups
+
+
+def _stored_data(message: PubSubMessage, data: bytes, limit: int) -> tuple[str, bool]:
+    """UTF-8 text when the data is text, else the base64 as delivered; cut to `limit` bytes."""
+    try:
+        text = data.decode("utf-8") if data else message.data_b64
+    except UnicodeDecodeError:
+        text = message.data_b64
+    cut = text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+    return cut, len(cut) < len(text)
+
+
+def record_rejections(
+    message: PubSubMessage,
+    data: bytes,
+    rejections: list[Rejection],
+    warehouse: Warehouse,
+    settings: Settings,
+    deadline: Deadline,
+    received_at: str,
+) -> None:
+    stored, truncated = _stored_data(message, data, settings.max_rejected_data_bytes)
+    rows: list[dict[str, Any]] = []
+    ids: list[str] = []
+    for rejection in rejections:
+        rows.append(
+            {
+                "message_id": message.message_id,
+                "publish_time": values.format_timestamp(message.publish_time),
+                "subscription": message.subscription,
+                "call_index": rejection.call_index,
+                "space": rejection.space,
+                "error_class": str(rejection.error_class),
+                "errors": json.dumps(rejection.errors, sort_keys=True),
+                "attributes": json.dumps(dict(message.attributes), sort_keys=True),
+                "data": stored,
+                "data_truncated": truncated,
+                "received_at": received_at,
+            }
+        )
+        ids.append(f"{message.message_id}:{rejection.call_index}")
+    dataset = settings.ops_dataset
+    warehouse.ensure_table(dataset, REJECTED_MESSAGES, spec(REJECTED_MESSAGES), deadline)
+    refused = warehouse.insert(dataset, REJECTED_MESSAGES, rows, ids, deadline)
+    if refused:
+        raise TransientError(f"BigQuery refused rows of {dataset}.{REJECTED_MESSAGES}: {refused}")

@@ -1,0 +1,15 @@
+"""Structured log lines Cloud Logging understands: one JSON object per line on stdout, with
+`severity` and `message`; the other keys become jsonPayload fields. No payload contents at INFO."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+
+def log(severity: str, message: str, stream: TextIO | None = None, **fields: Any) -> None:
+    entry = {"severity": severity, "message": message, **{k: v for k, v in fields.items() if v is not None}}
+    out = stream or sys.stdout
+    out.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
+    out.flush()

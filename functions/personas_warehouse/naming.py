@@ -1,0 +1,94 @@
+"""The one naming rule: every dataset, table and column name this project makes comes from here.
+
+Keys are snake-cased the way Segment's loader does (segmentio/go-snakecase): camelCase splits, lower
+case, runs of anything but a-z0-9 collapse to one `_`, leading and trailing `_` go. Then the result is
+made a legal, unambiguous BigQuery name: a leading digit gets a `_` prefix, a name a table already
+uses for a base column (or a reserved prefix) gets a `_` prefix, a name with no letters or digits
+left becomes `_` plus a hash of the key, and names over the length limit are cut and suffixed with a
+hash of the full name so two long names never share a column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable
+
+MAX_COLUMN_LENGTH = 300
+MAX_TABLE_LENGTH = 1024
+# BigQuery refuses column names starting with these (case-insensitive).
+BIGQUERY_RESERVED_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colon_")
+SPACE_PREFIX = "personas_"
+SPACE_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}$")
+DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+_ACRONYM_THEN_WORD = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_LOWER_THEN_UPPER = re.compile(r"([a-z0-9])([A-Z])")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+_HASH_LENGTH = 8
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LENGTH]
+
+
+def snake_case(key: str) -> str:
+    """go-snakecase: `totalRevenue180Days` -> `total_revenue180_days`, `Audience Entered` -> `audience_entered`."""
+    ascii_text = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode("ascii")
+    split = _LOWER_THEN_UPPER.sub(r"\1_\2", _ACRONYM_THEN_WORD.sub(r"\1_\2", ascii_text))
+    return _NOT_ALNUM.sub("_", split.lower()).strip("_")
+
+
+def safe_name(
+    path: Iterable[str],
+    *,
+    taken: frozenset[str] = frozenset(),
+    taken_prefixes: tuple[str, ...] = (),
+    max_length: int = MAX_COLUMN_LENGTH,
+) -> str:
+    """Name for a key path (nested keys are joined with `_`).
+
+    `taken` are names the table reserves for its base columns and `taken_prefixes` whole families of
+    them (`context_` for trait columns): a key landing there gets a `_` prefix instead.
+    """
+    parts = tuple(path)
+    name = "_".join(p for p in (snake_case(part) for part in parts) if p)
+    if not name:
+        name = "_" + _digest("\x1f".join(parts))
+    elif name[0].isdigit():
+        name = "_" + name
+    while name in taken or name.startswith(taken_prefixes) or name.startswith(BIGQUERY_RESERVED_PREFIXES):
+        name = "_" + name
+    if len(name) > max_length:
+        name = f"{name[: max_length - _HASH_LENGTH - 1]}_{_digest(name)}"
+    return name
+
+
+def column_name(
+    path: Iterable[str], *, taken: frozenset[str] = frozenset(), taken_prefixes: tuple[str, ...] = ()
+) -> str:
+    return safe_name(path, taken=taken, taken_prefixes=taken_prefixes, max_length=MAX_COLUMN_LENGTH)
+
+
+def event_table_name(event: str, *, taken: frozenset[str]) -> str:
+    """Table of a track event: "Audience Entered" -> `audience_entered`; `taken` holds the fixed tables."""
+    return safe_name((event,), taken=taken, max_length=MAX_TABLE_LENGTH)
+
+
+def is_space_slug(slug: str) -> bool:
+    return bool(SPACE_SLUG.match(slug))
+
+
+def space_dataset(slug: str) -> str:
+    """`personas_<slug>`; the caller has checked the slug (a bad one must be rejected, never used)."""
+    if not is_space_slug(slug):
+        raise ValueError(f"unsafe space slug {slug!r}: must match {SPACE_SLUG.pattern}")
+    return SPACE_PREFIX + slug
+
+
+def is_space_dataset(dataset: str) -> bool:
+    return dataset.startswith(SPACE_PREFIX) and is_space_slug(dataset[len(SPACE_PREFIX) :])
+
+
+def space_of_dataset(dataset: str) -> str:
+    return dataset[len(SPACE_PREFIX) :]

@@ -1,0 +1,232 @@
+"""Calls -> warehouse rows: flatten, name, type, and fit to the tables' current schemas. Pure: no I/O.
+
+`shape` turns a routed call into one pending row per table (identifies; or tracks plus the event's
+own table). `plan_columns` says which columns a group of rows needs created, and `fit_rows` fits the
+rows to the schema BigQuery has: values that cannot go in their column are left NULL in the row and
+become discards, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from personas_warehouse import naming, values
+from personas_warehouse.errors import DiscardReason
+from personas_warehouse.messages import RoutedCall
+from personas_warehouse.settings import SpaceConfig
+from schemas.tables import spec
+
+IDENTIFIES, TRACKS, TRACK_EVENT, DISCARDS = "identifies", "tracks", "track_event", "discards"
+# Fixed tables of a space dataset: an event whose name lands on one of them gets a `_` prefix.
+FIXED_TABLES = frozenset({IDENTIFIES, TRACKS, DISCARDS, "users"})
+CONTEXT_PREFIX = "context_"
+MAX_DEPTH = 8  # deeper objects are stored as JSON text at this depth
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One dynamic value on its way to a column."""
+
+    key: str  # the key path as sent, e.g. "traits.address.city"
+    column: str
+    type: str  # the type this value would give a new column
+    raw: Any  # the value as sent (a leaf: not None, not a dict)
+
+
+@dataclass
+class PendingRow:
+    kind: str  # identifies, tracks or track_event (the tables.json description)
+    table: str
+    space: str
+    call_index: int
+    insert_id: str  # derived from the Pub/Sub message, so redelivery is deduplicated where BigQuery can
+    base: dict[str, Any]
+    cells: list[Cell] = field(default_factory=list)
+    collisions: list[Cell] = field(default_factory=list)
+
+    @property
+    def row_id(self) -> str:
+        return str(self.base["id"])
+
+
+@dataclass(frozen=True)
+class Discard:
+    space: str
+    table: str
+    column: str
+    column_type: str | None
+    row_id: str
+    key: str
+    raw: Any
+    reason: DiscardReason
+    received_at: str
+
+    def to_row(self, loaded_at: str) -> dict[str, Any]:
+        return {
+            "table_name": self.table,
+            "column_name": self.column,
+            "column_type": self.column_type,
+            "row_id": self.row_id,
+            "original_key": self.key,
+            "column_value": values.json_text(self.raw),
+            "reason": str(self.reason),
+            "received_at": self.received_at,
+            "loaded_at": loaded_at,
+        }
+
+    @property
+    def insert_id(self) -> str:
+        return hashlib.sha256(f"{self.table}\x1f{self.row_id}\x1f{self.key}".encode()).hexdigest()[:40]
+
+
+@dataclass
+class Fitted:
+    rows: list[dict[str, Any]]
+    insert_ids: list[str]
+    discards: list[Discard]
+
+
+def flatten(obj: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
+    """Leaf (path, value) pairs; nulls and empty objects give nothing, arrays stay whole."""
+    for key, value in obj.items():
+        here = (*path, str(key))
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and len(here) < MAX_DEPTH:
+            yield from flatten(value, here)
+        elif isinstance(value, Mapping):
+            if value:
+                yield here, dict(value)
+        else:
+            yield here, value
+
+
+def _cells(obj: Mapping[str, Any], source: str, *, taken: frozenset[str], prefixes: tuple[str, ...]) -> list[Cell]:
+    """`source` is the call's top-level key ("traits", "properties", "context"); columns skip it but
+    context keeps it as the `context_` prefix."""
+    keep_source = source == "context"
+    cells = []
+    for path, raw in flatten(obj):
+        naming_path = (source, *path) if keep_source else path
+        column = naming.column_name(naming_path, taken=taken, taken_prefixes=prefixes)
+        cells.append(Cell(".".join((source, *path)), column, values.infer(raw)[0], raw))
+    return cells
+
+
+def _resolve_collisions(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """One cell per column. The winner is the key that already is the column name, else the smallest
+    key path; the others are returned as collisions (recorded as discards)."""
+    by_column: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_column.setdefault(cell.column, []).append(cell)
+    kept, lost = [], []
+    for column, group in by_column.items():
+        group.sort(key=lambda c: (c.key.split(".", 1)[-1] != column, c.key))
+        kept.append(group[0])
+        lost.extend(group[1:])
+    return kept, lost
+
+
+def event_time(routed: RoutedCall, received_at: datetime) -> datetime:
+    """Segment's rule: timestamp if sent, else received_at corrected by the client's clock skew."""
+    call = routed.call
+    if call.timestamp:
+        return call.timestamp
+    if call.sent_at and call.original_timestamp:
+        return received_at - (call.sent_at - call.original_timestamp)
+    return call.original_timestamp or received_at
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return values.format_timestamp(moment) if moment else None
+
+
+def shape(routed: RoutedCall, *, received_at: datetime, insert_prefix: str) -> list[PendingRow]:
+    call = routed.call
+    base: dict[str, Any] = {
+        "id": call.message_id,
+        "user_id": call.user_id,
+        "anonymous_id": call.anonymous_id,
+        "received_at": _ts(received_at),
+        "sent_at": _ts(call.sent_at),
+        "original_timestamp": _ts(call.original_timestamp),
+        "timestamp": _ts(event_time(routed, received_at)),
+    }
+    kind = IDENTIFIES if call.type == "identify" else TRACKS
+    taken = spec(kind).column_names
+    context = _cells(call.context, "context", taken=taken, prefixes=())
+    insert_id = f"{insert_prefix}:{routed.index}"
+    if call.type == "identify":
+        dynamic = context + _cells(call.traits, "traits", taken=taken, prefixes=(CONTEXT_PREFIX,))
+        kept, lost = _resolve_collisions(dynamic)
+        return [PendingRow(IDENTIFIES, IDENTIFIES, routed.space, routed.index, insert_id, base, kept, lost)]
+    event = str(call.event)
+    table = naming.event_table_name(event, taken=FIXED_TABLES)
+    base = {**base, "event": table, "event_text": event}
+    properties = _cells(call.properties, "properties", taken=taken, prefixes=(CONTEXT_PREFIX,))
+    properties += _cells(call.traits, "traits", taken=taken, prefixes=(CONTEXT_PREFIX,))
+    kept_context, _ = _resolve_collisions(context)
+    kept, lost = _resolve_collisions(context + properties)
+    return [
+        PendingRow(TRACKS, TRACKS, routed.space, routed.index, insert_id, dict(base), kept_context, []),
+        PendingRow(TRACK_EVENT, table, routed.space, routed.index, insert_id, dict(base), kept, lost),
+    ]
+
+
+def plan_columns(
+    rows: Iterable[PendingRow], schema: Mapping[str, str], space: SpaceConfig, max_columns: int
+) -> dict[str, str]:
+    """Columns to add, name -> type (the first value seen decides), within the table's column budget."""
+    new: dict[str, str] = {}
+    for row in rows:
+        for cell in row.cells:
+            if cell.column in schema or cell.column in new or not space.column_enabled(row.table, cell.column):
+                continue
+            if len(schema) + len(new) >= max_columns:
+                return new
+            new[cell.column] = cell.type
+    return new
+
+
+def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: SpaceConfig, loaded_at: str) -> Fitted:
+    """Rows as BigQuery will take them; what does not fit becomes a discard. Disabled columns are skipped."""
+    fitted = Fitted([], [], [])
+    for row in rows:
+        out = {k: v for k, v in row.base.items() if v is not None}
+        out["loaded_at"] = loaded_at
+        received_at = str(row.base["received_at"])
+
+        def discard(cell: Cell, column_type: str | None, reason: DiscardReason, row: PendingRow = row) -> None:
+            fitted.discards.append(
+                Discard(
+                    row.space, row.table, cell.column, column_type, row.row_id, cell.key, cell.raw, reason, received_at
+                )
+            )
+
+        for cell in row.cells:
+            if not space.column_enabled(row.table, cell.column):
+                continue
+            column_type = schema.get(cell.column)
+            if column_type is None:
+                discard(cell, None, DiscardReason.COLUMN_LIMIT)
+                continue
+            value = values.convert(cell.raw, column_type)
+            if value is values.NOT_CONVERTIBLE:
+                discard(cell, column_type, DiscardReason.TYPE_CONFLICT)
+            else:
+                out[cell.column] = value
+        for cell in row.collisions:
+            if space.column_enabled(row.table, cell.column):
+                discard(cell, schema.get(cell.column), DiscardReason.NAME_COLLISION)
+        fitted.rows.append(out)
+        fitted.insert_ids.append(row.insert_id)
+    return fitted
+
+
+def discard_rows(discards: Iterable[Discard], loaded_at: str) -> Fitted:
+    items = list(discards)
+    return Fitted([d.to_row(loaded_at) for d in items], [d.insert_id for d in items], [])

@@ -1,0 +1,98 @@
+"""Types of trait and property values: what column type a value creates, and lossless conversion.
+
+The first value seen decides a column's type. A later value is converted into that type only when no
+information is lost (an integer into FLOAT64, any scalar into STRING, an integral float into INT64);
+otherwise `convert` answers NOT_CONVERTIBLE and the caller records the value as a discard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any, Final
+
+STRING, INT64, FLOAT64, BOOL, TIMESTAMP = "STRING", "INT64", "FLOAT64", "BOOL", "TIMESTAMP"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EXACT_FLOAT_INT = 2**53
+
+
+class _NotConvertible:
+    def __repr__(self) -> str:
+        return "NOT_CONVERTIBLE"
+
+
+NOT_CONVERTIBLE: Final = _NotConvertible()
+
+# ISO-8601 date-time with an explicit zone; anything else stays a STRING.
+_TIMESTAMP = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}(?::?\d{2})?)$"
+)
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """An aware UTC datetime for an ISO-8601 string with a zone, else None. Sub-microseconds are cut."""
+    match = _TIMESTAMP.match(text)
+    if not match:
+        return None
+    date, clock, fraction, zone = match.groups()
+    if len(clock) == 5:
+        clock += ":00"
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    if len(zone) == 3:
+        zone += ":00"
+    elif ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:]}"
+    micro = f".{(fraction or '0')[:6].ljust(6, '0')}"
+    try:
+        return datetime.fromisoformat(f"{date}T{clock}{micro}{zone}").astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The form written to TIMESTAMP columns: UTC, microseconds, `Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+
+
+def infer(value: Any) -> tuple[str, Any]:
+    """(column type, value to write) for a leaf value that is not None and not a dict."""
+    if isinstance(value, bool):
+        return BOOL, value
+    if isinstance(value, int):
+        return (INT64, value) if INT64_MIN <= value <= INT64_MAX else (STRING, str(value))
+    if isinstance(value, float):
+        return FLOAT64, value
+    if isinstance(value, str):
+        moment = parse_timestamp(value)
+        return (TIMESTAMP, format_timestamp(moment)) if moment else (STRING, value)
+    return STRING, json_text(value)
+
+
+def convert(value: Any, column_type: str) -> Any:
+    """`value` in `column_type` if that is lossless, else NOT_CONVERTIBLE."""
+    kind, natural = infer(value)
+    if kind == column_type:
+        return natural
+    if column_type == STRING:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return json_text(value)
+        return value if isinstance(value, str) else natural
+    if column_type == FLOAT64 and kind == INT64 and abs(value) <= EXACT_FLOAT_INT:
+        return float(value)
+    if (
+        column_type == INT64
+        and kind == FLOAT64
+        and math.isfinite(value)
+        and value.is_integer()
+        and abs(value) <= EXACT_FLOAT_INT
+    ):
+        return int(value)
+    return NOT_CONVERTIBLE

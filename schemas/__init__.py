@@ -1,0 +1,1 @@
+"""Declarative schemas: marshmallow schemas of Personas calls and config, BigQuery table layouts."""

@@ -1,0 +1,129 @@
+"""marshmallow schemas of the Segment-spec calls Personas sends (identify and track).
+
+Unknown top-level fields (channel, version, writeKey, _metadata, ...) are ignored, as Segment does;
+`integrations` is ignored. Every rejection carries marshmallow's field paths and reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+CALL_TYPES = ("identify", "track")
+MAX_ID_LENGTH = 1024
+MAX_EVENT_LENGTH = 1024
+
+
+class Identifier(fields.Field):
+    """userId / anonymousId / messageId: a string (numbers are accepted and stringified, as Segment does)."""
+
+    default_error_messages = {
+        "invalid": "Not a valid identifier: a non-empty string or an integer.",
+        "too_long": f"Longer than {MAX_ID_LENGTH} characters.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self.make_error("invalid")
+        text = str(value).strip()
+        if len(text) > MAX_ID_LENGTH:
+            raise self.make_error("too_long")
+        return text or None
+
+
+def _timestamp() -> fields.AwareDateTime:
+    return fields.AwareDateTime(format="iso", default_timezone=UTC, load_default=None, allow_none=True)
+
+
+def _object() -> fields.Dict:
+    return fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+
+
+class PersonasContextSchema(Schema):
+    """context.personas: which computation sent the call. Extra keys are kept (they become columns)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    computation_class = fields.String(allow_none=True)
+    computation_id = fields.String(allow_none=True)
+    computation_key = fields.String(allow_none=True)
+    namespace = fields.String(allow_none=True)
+    space_id = fields.String(allow_none=True)
+
+
+class ContextSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    personas = fields.Nested(PersonasContextSchema, allow_none=True)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One validated identify or track call."""
+
+    type: str
+    message_id: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    event: str | None = None
+    timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    original_timestamp: datetime | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def space_id(self) -> str | None:
+        personas = self.context.get("personas") or {}
+        return personas.get("space_id") if isinstance(personas, dict) else None
+
+
+class CallSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.OneOf(CALL_TYPES))
+    messageId = Identifier(required=True, data_key="messageId", attribute="message_id")
+    userId = Identifier(load_default=None, allow_none=True, attribute="user_id")
+    anonymousId = Identifier(load_default=None, allow_none=True, attribute="anonymous_id")
+    event = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=MAX_EVENT_LENGTH))
+    timestamp = _timestamp()
+    sentAt = _timestamp()
+    originalTimestamp = _timestamp()
+    traits = _object()
+    properties = _object()
+    context = fields.Nested(ContextSchema, load_default=dict, allow_none=True)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("user_id") and not data.get("anonymous_id"):
+            raise ValidationError("A call needs a userId or an anonymousId.", field_name="userId")
+        if data.get("message_id") is None:
+            raise ValidationError("messageId must not be empty.", field_name="messageId")
+        if data.get("type") == "track" and not data.get("event"):
+            raise ValidationError("A track call needs an event name.", field_name="event")
+
+    @post_load
+    def _to_call(self, data: dict[str, Any], **kwargs: Any) -> Call:
+        return Call(
+            type=data["type"],
+            message_id=data["message_id"],
+            user_id=data.get("user_id"),
+            anonymous_id=data.get("anonymous_id"),
+            event=data.get("event"),
+            timestamp=data.get("timestamp"),
+            sent_at=data.get("sentAt"),
+            original_timestamp=data.get("originalTimestamp"),
+            traits=data.get("traits") or {},
+            properties=data.get("properties") or {},
+            context=data.get("context") or {},
+        )
+
+
+CALL_SCHEMA = CallSchema()
