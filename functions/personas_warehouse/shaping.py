@@ -192,36 +192,32 @@ def plan_columns(
     return new
 
 
+def _discard(row: PendingRow, cell: Cell, column_type: str | None, reason: DiscardReason) -> Discard:
+    received_at = str(row.base["received_at"])
+    return Discard(row.space, row.table, cell.column, column_type, row.row_id, cell.key, cell.raw, reason, received_at)
+
+
 def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: SpaceConfig, loaded_at: str) -> Fitted:
     """Rows as BigQuery will take them; what does not fit becomes a discard. Disabled columns are skipped."""
     fitted = Fitted([], [], [])
     for row in rows:
         out = {k: v for k, v in row.base.items() if v is not None}
         out["loaded_at"] = loaded_at
-        received_at = str(row.base["received_at"])
-
-        def discard(cell: Cell, column_type: str | None, reason: DiscardReason, row: PendingRow = row) -> None:
-            fitted.discards.append(
-                Discard(
-                    row.space, row.table, cell.column, column_type, row.row_id, cell.key, cell.raw, reason, received_at
-                )
-            )
-
         for cell in row.cells:
             if not space.column_enabled(row.table, cell.column):
                 continue
             column_type = schema.get(cell.column)
             if column_type is None:
-                discard(cell, None, DiscardReason.COLUMN_LIMIT)
+                fitted.discards.append(_discard(row, cell, None, DiscardReason.COLUMN_LIMIT))
                 continue
             value = values.convert(cell.raw, column_type)
             if value is values.NOT_CONVERTIBLE:
-                discard(cell, column_type, DiscardReason.TYPE_CONFLICT)
+                fitted.discards.append(_discard(row, cell, column_type, DiscardReason.TYPE_CONFLICT))
             else:
                 out[cell.column] = value
         for cell in row.collisions:
             if space.column_enabled(row.table, cell.column):
-                discard(cell, schema.get(cell.column), DiscardReason.NAME_COLLISION)
+                fitted.discards.append(_discard(row, cell, schema.get(cell.column), DiscardReason.NAME_COLLISION))
         fitted.rows.append(out)
         fitted.insert_ids.append(row.insert_id)
     return fitted
