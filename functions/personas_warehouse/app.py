@@ -15,6 +15,7 @@ from personas_warehouse.bigquery import Warehouse, make_client
 from personas_warehouse.ingest import Outcome, ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings, load_settings
+from personas_warehouse.sync import run_sync
 
 SETTINGS: Settings = load_settings()
 
@@ -40,3 +41,16 @@ def message_from_event(data: dict[str, Any], source: str = "") -> PubSubMessage:
 
 def handle_cloud_event(event: Any) -> Outcome:
     return ingest(message_from_event(event.data or {}, str(event["source"])), warehouse(), SETTINGS)
+
+
+def handle_sync_request(request: Any) -> tuple[dict[str, Any], int]:
+    """POST (Cloud Scheduler) runs a sync. Body or query: {"full": true, "spaces": ["default"]}.
+    Answers 200 when no space failed, else 500 with the same summary (so the scheduler shows it)."""
+    body = request.get_json(silent=True) or {}
+    full = bool(body.get("full")) or request.args.get("full") in ("1", "true")
+    spaces = body.get("spaces") or request.args.getlist("space") or None
+    if spaces is not None and (not isinstance(spaces, list) or not all(isinstance(s, str) for s in spaces)):
+        return {"error": "spaces must be a list of space slugs"}, 400
+    summary = run_sync(warehouse(), SETTINGS, full=full, spaces=spaces)
+    failed = any(space["status"] == "failure" for space in summary["spaces"])
+    return summary, 500 if failed else 200

@@ -1,0 +1,92 @@
+"""SQL text of the users sync, built in this one place. Pure: no I/O.
+
+Identifiers are validated here and backtick-quoted; values (watermarks, space) are always query
+parameters. The MERGE recomputes each changed user from their whole identify history, so an
+incremental run equals a full rebuild: per column the newest non-null value ordered by the call's
+timestamp (ties: received_at, then id), duplicates of one id counted once, rows without user_id never
+read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas.tables import spec
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+PROJECT = re.compile(r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]$")
+DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+CONTEXT_PREFIX = "context_"
+SINCE = "since"  # query parameter: lower bound on identifies.loaded_at (incremental runs)
+ORDER = "timestamp, received_at, id"
+
+
+class UnsafeIdentifier(ValueError):
+    pass
+
+
+def quote(name: str, pattern: re.Pattern[str] = IDENTIFIER) -> str:
+    if not pattern.match(name):
+        raise UnsafeIdentifier(f"refusing identifier {name!r}")
+    return f"`{name}`"
+
+
+def table(project: str, dataset: str, name: str) -> str:
+    for part, pattern in ((project, PROJECT), (dataset, DATASET), (name, IDENTIFIER)):
+        if not pattern.match(part):
+            raise UnsafeIdentifier(f"refusing identifier {part!r}")
+    return f"`{project}.{dataset}.{name}`"
+
+
+def trait_columns(identifies: Mapping[str, str]) -> dict[str, str]:
+    """Columns of identifies that hold traits and audiences: not base columns, not context_*."""
+    base = spec("identifies").column_names
+    return {
+        name: kind
+        for name, kind in identifies.items()
+        if name not in base and not name.startswith(CONTEXT_PREFIX) and IDENTIFIER.match(name)
+    }
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    sql: str
+    stats_sql: str
+    columns: tuple[str, ...]
+
+
+def plan_merge(project: str, dataset: str, columns: list[str], *, incremental: bool) -> MergePlan:
+    """MERGE into users from identifies for `columns` (already filtered by selective sync)."""
+    identifies = table(project, dataset, "identifies")
+    users = table(project, dataset, "users")
+    cols = [quote(c) for c in columns]
+    changed = f"SELECT DISTINCT user_id FROM {identifies} WHERE loaded_at >= @{SINCE} AND user_id IS NOT NULL"
+    scope = f"AND user_id IN ({changed})" if incremental else ""
+    history = (
+        f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
+        f"FROM {identifies} WHERE user_id IS NOT NULL {scope}) WHERE _copy = 1"
+    )
+    window = f"PARTITION BY user_id ORDER BY {ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING"
+    picks = "".join(f", LAST_VALUE({c} IGNORE NULLS) OVER ({window}) AS {c}" for c in cols)
+    latest = (
+        f"SELECT user_id AS id, MAX(received_at) OVER (PARTITION BY user_id) AS received_at{picks}, "
+        f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY timestamp DESC, received_at DESC, id DESC) AS _newest "
+        f"FROM ({history})"
+    )
+    targets = ["`received_at`", *cols]
+    sql = (
+        f"MERGE {users} AS T\n"
+        f"USING (SELECT * FROM ({latest}) WHERE _newest = 1) AS S\n"
+        f"ON T.id = S.id\n"
+        f"WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in targets)}\n"
+        f"WHEN NOT MATCHED THEN INSERT (`id`, {', '.join(targets)}) "
+        f"VALUES (S.id, {', '.join(f'S.{c}' for c in targets)})"
+    )
+    stats_sql = (
+        f"SELECT (SELECT MAX(loaded_at) FROM {identifies}) AS watermark_to, "
+        f"(SELECT COUNT(*) FROM ({history})) AS identify_rows_read, "
+        f"(SELECT COUNT(*) FROM {users}) AS users_before"
+    )
+    return MergePlan(sql, stats_sql, tuple(columns))

@@ -1,0 +1,293 @@
+"""The local stack: Google's Pub/Sub emulator, bqemulator, and the functions under functions-framework,
+run from the staged deployable source (build/function), wired like production (a push subscription
+to the ingest function). Used by `make up|down|demo` and by the integration tests.
+
+Every process is started in its own process group and stopped by that group's id, never by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE = ROOT / "build" / "function"
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Names and ports users rely on; every one can be overridden by the env var of the same name."""
+
+    project: str = "personas-local"
+    topic: str = "personas-calls"
+    subscription: str = "personas-calls-ingest"
+    pubsub_port: int = 8085
+    bigquery_port: int = 9050
+    bigquery_grpc_port: int = 9060
+    ingest_port: int = 8080
+    sync_port: int = 8081
+    state_dir: str = str(ROOT / ".stack")
+    function_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        env = os.environ
+        return cls(
+            project=env.get("GCP_PROJECT", cls.project),
+            topic=env.get("PUBSUB_TOPIC", cls.topic),
+            subscription=env.get("PUBSUB_SUBSCRIPTION", cls.subscription),
+            pubsub_port=int(env.get("PUBSUB_PORT", cls.pubsub_port)),
+            bigquery_port=int(env.get("BIGQUERY_PORT", cls.bigquery_port)),
+            bigquery_grpc_port=int(env.get("BIGQUERY_GRPC_PORT", cls.bigquery_grpc_port)),
+            ingest_port=int(env.get("INGEST_PORT", cls.ingest_port)),
+            sync_port=int(env.get("SYNC_PORT", cls.sync_port)),
+        )
+
+    @property
+    def pubsub_host(self) -> str:
+        return f"127.0.0.1:{self.pubsub_port}"
+
+    @property
+    def bigquery_url(self) -> str:
+        return f"http://127.0.0.1:{self.bigquery_port}"
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ingest_port}"
+
+    @property
+    def sync_url(self) -> str:
+        return f"http://127.0.0.1:{self.sync_port}/"
+
+    @property
+    def push_endpoint(self) -> str:
+        # The path names the topic so the CloudEvent's source does too (functions-framework reads it).
+        return f"{self.ingest_url}/projects/{self.project}/topics/{self.topic}"
+
+    def exports(self) -> dict[str, str]:
+        """What a shell (or the functions) need to reach the emulators."""
+        return {
+            "PUBSUB_EMULATOR_HOST": self.pubsub_host,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "BIGQUERY_EMULATOR_HOST": self.bigquery_url,
+            "BIGQUERY_PROJECT": self.project,
+        }
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.pids: dict[str, int] = {}
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
+                start_new_session=True, stdin=subprocess.DEVNULL,
+            )
+        self.pids[name] = proc.pid
+        self.state_file.write_text(json.dumps({"pids": self.pids, "config": asdict(self.config)}))
+
+    def start(self) -> None:
+        c = self.config
+        if not (STAGE / "main.py").exists():
+            raise SystemExit(f"{STAGE} is missing: run `make stage` first")
+        for port in (c.pubsub_port, c.bigquery_port, c.bigquery_grpc_port, c.ingest_port, c.sync_port):
+            if _port_open(port):
+                raise SystemExit(f"port {port} is already in use: is a stack running? (`make down`)")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._spawn("pubsub-emulator", [
+                shutil.which("gcloud") or "gcloud", "beta", "emulators", "pubsub", "start",
+                f"--host-port={c.pubsub_host}", f"--project={c.project}", "--quiet",
+            ])
+            self._spawn("bqemulator", [
+                sys.executable, "-m", "infra.local.bqemulator_server", "start", "--project", c.project,
+                "--rest-port", str(c.bigquery_port), "--grpc-port", str(c.bigquery_grpc_port), "--log-level", "warning",
+            ], cwd=ROOT)
+            function_env = {**c.exports(), "PYTHONUNBUFFERED": "1", **c.function_env}
+            function_env.pop("PUBSUB_EMULATOR_HOST")
+            for name, target, signature, port in (
+                ("ingest", "ingest", "cloudevent", c.ingest_port),
+                ("sync", "sync", "http", c.sync_port),
+            ):
+                self._spawn(name, [
+                    str(VENV_BIN / "functions-framework"), "--target", target, "--signature-type", signature,
+                    "--source", str(STAGE / "main.py"), "--host", "127.0.0.1", "--port", str(port),
+                ], env=function_env, cwd=STAGE)
+            self.wait_ready()
+            self.create_topic_and_push_subscription()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        c = self.config
+        checks = {
+            "pubsub-emulator": f"http://{c.pubsub_host}/v1/projects/{c.project}/topics",
+            "bqemulator": f"{c.bigquery_url}/bigquery/v2/projects/{c.project}/datasets",
+            "ingest": None,
+            "sync": None,
+        }
+        ports = {"ingest": c.ingest_port, "sync": c.sync_port}
+        end = time.monotonic() + timeout
+        for name, url in checks.items():
+            while True:
+                if self._exited(name):
+                    raise RuntimeError(f"{name} exited at start; see {self.state_dir}/logs/{name}.log")
+                if (url and _http_ok(url)) or (url is None and _port_open(ports[name])):
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"{name} not ready after {timeout:.0f}s; see {self.state_dir}/logs/{name}.log")
+                time.sleep(0.2)
+
+    def _exited(self, name: str) -> bool:
+        try:
+            pid, status = os.waitpid(self.pids[name], os.WNOHANG)
+        except ChildProcessError:
+            return not _alive(self.pids[name])
+        return pid != 0
+
+    def create_topic_and_push_subscription(self) -> None:
+        from google.cloud import pubsub_v1
+
+        c = self.config
+        os.environ["PUBSUB_EMULATOR_HOST"] = c.pubsub_host
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        topic = publisher.topic_path(c.project, c.topic)
+        publisher.create_topic(name=topic)
+        subscriber.create_subscription(
+            name=subscriber.subscription_path(c.project, c.subscription),
+            topic=topic,
+            push_config={"push_endpoint": c.push_endpoint},
+            ack_deadline_seconds=60,
+            retry_policy={"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+        )
+
+    def stop(self) -> None:
+        """Stop every process this stack started: SIGTERM its process group, then SIGKILL."""
+        pids = dict(self.pids)
+        if not pids and self.state_file.exists():  # `make down` from another process
+            pids = json.loads(self.state_file.read_text())["pids"]
+        for pid in pids.values():
+            _signal_group(pid, signal.SIGTERM)
+        end = time.monotonic() + 10
+        for pid in pids.values():
+            while _group_alive(pid) and time.monotonic() < end:
+                _reap(pid)
+                time.sleep(0.1)
+            if _group_alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+            _reap(pid)
+        self.pids = {}
+        self.state_file.unlink(missing_ok=True)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status < 500)
+    except OSError:
+        return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # each process leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@contextmanager
+def running(config: StackConfig) -> Iterator[Stack]:
+    stack = Stack(config)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _print_exports(config: StackConfig) -> None:
+    print(f"Pub/Sub emulator  {config.pubsub_host}   topic {config.topic}, push subscription {config.subscription}")
+    print(f"BigQuery (REST)   {config.bigquery_url}   project {config.project}")
+    print(f"ingest function   {config.ingest_url}   (push endpoint {config.push_endpoint})")
+    print(f"sync function     {config.sync_url}")
+    print("\n# paste into a shell to use the clients against the stack:")
+    for key, value in config.exports().items():
+        print(f"export {key}={value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "demo"])
+    args = parser.parse_args(argv)
+    config = StackConfig.from_env()
+    if args.command == "up":
+        stack = Stack(config)
+        stack.start()
+        print("local stack is up (`make down` stops it); logs in .stack/logs/\n")
+        _print_exports(config)
+        return 0
+    if args.command == "down":
+        Stack(config).stop()
+        print("local stack stopped")
+        return 0
+    from infra.local.demo import run_demo
+
+    with running(config) as stack:
+        return run_demo(stack)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
