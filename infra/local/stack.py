@@ -178,11 +178,13 @@ class Stack:
         topic = publisher.topic_path(c.project, c.topic)
         publisher.create_topic(name=topic)
         subscriber.create_subscription(
-            name=subscriber.subscription_path(c.project, c.subscription),
-            topic=topic,
-            push_config={"push_endpoint": c.push_endpoint},
-            ack_deadline_seconds=60,
-            retry_policy={"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+            request={
+                "name": subscriber.subscription_path(c.project, c.subscription),
+                "topic": topic,
+                "push_config": {"push_endpoint": c.push_endpoint},
+                "ack_deadline_seconds": 60,
+                "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+            }
         )
 
     def stop(self) -> None:

@@ -1,0 +1,110 @@
+"""One local stack for the whole integration session, on its own ports (a `make up` stack can keep
+running), from the staged source. Each test writes to its own space, so tests never see each
+other's rows; the stack is stopped by process group at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery, pubsub_v1
+
+from infra.local.stack import Stack, StackConfig, running
+
+CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
+TEST_CONFIG = StackConfig(
+    topic="personas-calls-test",
+    subscription="personas-calls-test-ingest",
+    pubsub_port=18085,
+    bigquery_port=19050,
+    bigquery_grpc_port=19060,
+    ingest_port=18080,
+    sync_port=18081,
+    function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", "SYNC_OVERLAP_SECONDS": "0"},
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("stack")
+    config = StackConfig(**{**TEST_CONFIG.__dict__, "state_dir": str(state)})
+    with running(config) as started:
+        yield started
+    if os.environ.get("CI"):
+        for log in sorted((state / "logs").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            print(f"\n== {log.name} (last lines)\n" + "\n".join(tail))
+
+
+@pytest.fixture(scope="session")
+def bq(stack: Stack) -> bigquery.Client:
+    return bigquery.Client(
+        project=stack.config.project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options=ClientOptions(api_endpoint=stack.config.bigquery_url),
+    )
+
+
+@pytest.fixture(scope="session")
+def publisher(stack: Stack) -> pubsub_v1.PublisherClient:
+    os.environ["PUBSUB_EMULATOR_HOST"] = stack.config.pubsub_host
+    return pubsub_v1.PublisherClient()
+
+
+@pytest.fixture
+def space() -> str:
+    return "t_" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def publish(stack: Stack, publisher: pubsub_v1.PublisherClient) -> Callable[..., str]:
+    topic = publisher.topic_path(stack.config.project, stack.config.topic)
+
+    def _publish(doc: Any, **attributes: str) -> str:
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        return str(publisher.publish(topic, data, **attributes).result(timeout=30))
+
+    return _publish
+
+
+def query(bq: bigquery.Client, sql: str, **params: Any) -> list[dict[str, Any]]:
+    config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter(k, "STRING", v) for k, v in params.items()]
+    )
+    return [dict(r) for r in bq.query(sql, job_config=config).result()]
+
+
+def wait_rows(
+    bq: bigquery.Client, sql: str, count: int, *, timeout: float = 60.0, **params: Any
+) -> list[dict[str, Any]]:
+    """Poll until the query answers at least `count` rows (the push path is asynchronous)."""
+    end = time.monotonic() + timeout
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < end:
+        try:
+            found = query(bq, sql, **params)
+        except Exception:  # the table may not exist yet
+            found = []
+        if len(found) >= count:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"wanted {count} rows within {timeout}s, got {len(found)}: {sql}")
+
+
+def identify(user: str | None, message_id: str, timestamp: str, **traits: Any) -> dict[str, Any]:
+    call: dict[str, Any] = {"type": "identify", "messageId": message_id, "timestamp": timestamp, "traits": traits}
+    if user:
+        call["userId"] = user
+    else:
+        call["anonymousId"] = "anon-" + message_id
+    return call

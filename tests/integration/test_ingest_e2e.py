@@ -1,0 +1,156 @@
+"""Publish to Google's Pub/Sub emulator; the push subscription delivers to the ingest function
+(functions-framework, staged source); read BigQuery (bqemulator) back with the real client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+from google.cloud import bigquery
+
+from infra.local.stack import Stack
+from tests.integration.conftest import identify, query, wait_rows
+
+pytestmark = pytest.mark.integration
+P = "personas-local"
+
+
+def test_seed_calls_land_in_segment_layout(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    personas = {"personas": {"computation_class": "audience", "computation_key": "first_time_shopper"}}
+    publish(
+        {**identify("u123", "i1", "2026-11-01T10:00:00Z", first_time_shopper=True), "context": personas}, space=space
+    )
+    publish(identify("u123", "i2", "2026-11-01T10:05:00Z", total_revenue_180_days=450.00), space=space)
+    publish(
+        {
+            "type": "track",
+            "userId": "u123",
+            "messageId": "t1",
+            "event": "Audience Entered",
+            "traits": {"audience_key": "first_time_shopper", "first_time_shopper": True},
+        },
+        space=space,
+    )
+    publish(
+        {
+            "type": "track",
+            "userId": "u123",
+            "messageId": "t2",
+            "event": "Trait Computed",
+            "properties": {"trait_key": "total_revenue_180_days", "total_revenue_180_days": 450.00},
+        },
+        space=space,
+    )
+
+    ds = f"`{P}.personas_{space}"
+    rows = wait_rows(bq, f"SELECT * FROM {ds}.identifies` ORDER BY timestamp", 2)
+    assert [(r["user_id"], r["first_time_shopper"], r["total_revenue_180_days"]) for r in rows] == [
+        ("u123", True, None),
+        ("u123", None, 450.0),
+    ]
+    assert rows[0]["context_personas_computation_key"] == "first_time_shopper"
+    assert rows[0]["id"] == "i1" and rows[0]["loaded_at"] is not None
+    [entered] = wait_rows(bq, f"SELECT * FROM {ds}.audience_entered`", 1)
+    assert (entered["audience_key"], entered["first_time_shopper"]) == ("first_time_shopper", True)
+    assert (entered["event"], entered["event_text"]) == ("audience_entered", "Audience Entered")
+    [computed] = wait_rows(bq, f"SELECT * FROM {ds}.trait_computed`", 1)
+    assert (computed["trait_key"], computed["total_revenue_180_days"]) == ("total_revenue_180_days", 450.0)
+    tracks = wait_rows(bq, f"SELECT * FROM {ds}.tracks` ORDER BY id", 2)
+    assert [t["event"] for t in tracks] == ["audience_entered", "trait_computed"]
+    assert "audience_key" not in tracks[0]  # tracks carries no properties
+    schema = {f.name: f.field_type for f in bq.get_table(f"{P}.personas_{space}.identifies").schema}
+    assert schema["total_revenue_180_days"] in ("FLOAT", "FLOAT64")  # real BigQuery answers legacy names
+    assert schema["first_time_shopper"] in ("BOOLEAN", "BOOL")
+    table = bq.get_table(f"{P}.personas_{space}.identifies")
+    assert table.time_partitioning.field == "received_at" and table.clustering_fields == ["user_id"]
+
+
+def test_malformed_message_is_rejected_once_and_acked(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str]
+) -> None:
+    message_id = publish(b'{"type": "identify", "userId": "u1", "traits": {')
+    sql = f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE message_id = @m"
+    [row] = wait_rows(bq, sql, 1, m=message_id)
+    assert row["error_class"] == "invalid_json"
+    assert row["data"].startswith('{"type": "identify"')
+    time.sleep(3)  # a nacked message would be redelivered within seconds (retry policy 1-10 s)
+    assert len(query(bq, sql, m=message_id)) == 1
+
+
+def test_hostile_names_are_made_safe_and_hostile_space_rejected(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    hostile = {"Robert'); DROP TABLE users;--": True, "_PARTITIONTIME": "x", "id": "spoof", "x" * 400: 1}
+    publish(identify("u1", "h1", "2026-11-01T10:00:00Z", **hostile), space=space)
+    [row] = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.identifies`", 1)
+    assert row["robert_drop_table_users"] is True
+    assert row["partitiontime"] == "x"
+    assert row["_id"] == "spoof" and row["id"] == "h1"
+    long = [name for name in row if name.startswith("xxx")]
+    assert len(long) == 1 and len(long[0]) == 300
+    bad = publish(identify("u1", "h2", "2026-11-01T10:00:00Z", a=1), space="x`; DROP SCHEMA y")
+    [rejected] = wait_rows(bq, f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE message_id = @m", 1, m=bad)
+    assert rejected["error_class"] == "unsafe_space"
+
+
+def test_batch_with_a_bad_call_writes_the_good_ones(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    batch = {
+        "batch": [
+            identify("u1", "b1", "2026-11-01T10:00:00Z", a=1),
+            {"type": "page", "messageId": "b2"},
+            identify(None, "b3", "2026-11-01T10:00:00Z", a=2),
+        ]
+    }
+    message_id = publish(batch, space=space)
+    rows = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.identifies` ORDER BY id", 2)
+    assert [(r["id"], r["user_id"], r["anonymous_id"]) for r in rows] == [("b1", "u1", None), ("b3", None, "anon-b3")]
+    [rejected] = wait_rows(
+        bq, f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE message_id = @m", 1, m=message_id
+    )
+    assert rejected["call_index"] == 1 and rejected["error_class"] == "schema_violation"
+    assert json.loads(rejected["errors"])["type"] == ["Must be one of: identify, track."]
+
+
+def test_new_trait_becomes_a_column_and_type_conflict_a_discard(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    publish(identify("u1", "n1", "2026-11-01T10:00:00Z", score=10), space=space)
+    wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.identifies`", 1)
+    publish(identify("u1", "n2", "2026-11-01T10:01:00Z", score="high", new_audience=True), space=space)
+    rows = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.identifies` ORDER BY id", 2)
+    assert [(r["score"], r["new_audience"]) for r in rows] == [(10, None), (None, True)]
+    [discard] = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.discards`", 1)
+    assert (discard["column_name"], discard["column_value"], discard["reason"]) == ("score", '"high"', "type_conflict")
+
+
+def test_oversized_message_is_rejected(stack: Stack, bq: bigquery.Client, publish: Callable[..., str]) -> None:
+    message_id = publish(identify("u1", "big", "2026-11-01T10:00:00Z", blob="z" * 30_000))
+    [row] = wait_rows(bq, f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE message_id = @m", 1, m=message_id)
+    assert row["error_class"] == "oversized"
+
+
+def test_space_from_context_space_id_and_selective_sync(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str]
+) -> None:
+    context = {"personas": {"space_id": "spa_selective"}}
+    publish({**identify("u1", "s1", "2026-11-01T10:00:00Z", secret_score=9, kept=True), "context": context})
+    publish(
+        {
+            "type": "track",
+            "userId": "u1",
+            "messageId": "s2",
+            "event": "Audience Exited",
+            "context": context,
+            "properties": {"audience_key": "a", "a": False},
+        }
+    )
+    [row] = wait_rows(bq, f"SELECT * FROM `{P}.personas_selective.identifies` WHERE id = 's1'", 1)
+    assert row["kept"] is True and "secret_score" not in row
+    wait_rows(bq, f"SELECT * FROM `{P}.personas_selective.tracks` WHERE id = 's2'", 1)
+    assert "audience_exited" not in {t.table_id for t in bq.list_tables(f"{P}.personas_selective")}
