@@ -1,4 +1,4 @@
-"""Structured log lines Cloud Logging understands: one JSON object per line on stdout, with
+"""Structured log lines Cloud Logging understands: one JSON object per line on stderr (stdout stays free for command output), with
 `severity` and `message`; the other keys become jsonPayload fields. No payload contents at INFO."""
 
 from __future__ import annotations
@@ -10,6 +10,6 @@ from typing import Any, TextIO
 
 def log(severity: str, message: str, stream: TextIO | None = None, **fields: Any) -> None:
     entry = {"severity": severity, "message": message, **{k: v for k, v in fields.items() if v is not None}}
-    out = stream or sys.stdout
+    out = stream or sys.stderr
     out.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
     out.flush()

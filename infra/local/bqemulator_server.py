@@ -5,6 +5,7 @@ after adding a column fails with HTTP 500 (see shared/notes/local-stack-facts.md
 applies both. Here every schema update that adds top-level columns also runs ALTER TABLE ADD COLUMN on
 the storage, which keeps the two consistent, then calls bqemulator's own update.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,6 +32,7 @@ def _also_alter_storage(original: Callable[[Any, Any], Any]) -> Callable[[Any, A
                 [(name, dtype)] = bq_schema_to_duckdb_columns([raw])
                 engine.execute(f'ALTER TABLE {ref} ADD COLUMN IF NOT EXISTS "{name}" {dtype}')
         return original(self, table)
+
     return update_table
 
 

@@ -87,26 +87,46 @@ def run_demo(stack: Stack) -> int:
             "personas__ops.rejected_messages": 1,
         },
     )
-    request = urllib.request.Request(config.sync_url, data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        config.sync_url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=120) as response:
         sync_summary = json.loads(response.read())
     print(f"users sync: {json.dumps(sync_summary['spaces'])}")
 
     q = f"`{project}.{SPACE}"
     ident = rows(client, f"SELECT * FROM {q}.identifies` ORDER BY timestamp, id")
-    show(f"{SPACE}.identifies", ident, ["user_id", "anonymous_id", "first_time_shopper", "total_revenue_180_days",
-                                        "robert_drop_table_users", "partitiontime", "timestamp"])
+    show(
+        f"{SPACE}.identifies",
+        ident,
+        [
+            "user_id",
+            "anonymous_id",
+            "first_time_shopper",
+            "total_revenue_180_days",
+            "robert_drop_table_users",
+            "partitiontime",
+            "timestamp",
+        ],
+    )
     for event in ("audience_entered", "audience_exited", "trait_computed"):
         key = "trait_key" if event == "trait_computed" else "audience_key"
         value = "total_revenue_180_days" if event == "trait_computed" else "first_time_shopper"
-        show(f"{SPACE}.{event}", rows(client, f"SELECT * FROM {q}.{event}` ORDER BY id"),
-             ["user_id", key, value, "event_text"])
-    show(f"{SPACE}.users", rows(client, f"SELECT * FROM {q}.users` ORDER BY id"),
-         ["id", "first_time_shopper", "total_revenue_180_days", "received_at"])
-    show("personas__ops.rejected_messages",
-         rows(client, f"SELECT * FROM `{project}.personas__ops.rejected_messages` ORDER BY received_at"),
-         ["message_id", "error_class", "errors"])
+        show(
+            f"{SPACE}.{event}",
+            rows(client, f"SELECT * FROM {q}.{event}` ORDER BY id"),
+            ["user_id", key, value, "event_text"],
+        )
+    show(
+        f"{SPACE}.users",
+        rows(client, f"SELECT * FROM {q}.users` ORDER BY id"),
+        ["id", "first_time_shopper", "total_revenue_180_days", "received_at"],
+    )
+    show(
+        "personas__ops.rejected_messages",
+        rows(client, f"SELECT * FROM `{project}.personas__ops.rejected_messages` ORDER BY received_at"),
+        ["message_id", "error_class", "errors"],
+    )
     users = {r["id"]: r for r in rows(client, f"SELECT * FROM {q}.users`")}
     ok = (
         users.get("u123", {}).get("first_time_shopper") is True

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,8 +102,13 @@ class Stack:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
-                start_new_session=True, stdin=subprocess.DEVNULL,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
             )
         self.pids[name] = proc.pid
         self.state_file.write_text(json.dumps({"pids": self.pids, "config": asdict(self.config)}))
@@ -117,24 +122,61 @@ class Stack:
                 raise SystemExit(f"port {port} is already in use: is a stack running? (`make down`)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._spawn("pubsub-emulator", [
-                shutil.which("gcloud") or "gcloud", "beta", "emulators", "pubsub", "start",
-                f"--host-port={c.pubsub_host}", f"--project={c.project}", "--quiet",
-            ])
-            self._spawn("bqemulator", [
-                sys.executable, "-m", "infra.local.bqemulator_server", "start", "--project", c.project,
-                "--rest-port", str(c.bigquery_port), "--grpc-port", str(c.bigquery_grpc_port), "--log-level", "warning",
-            ], cwd=ROOT)
+            self._spawn(
+                "pubsub-emulator",
+                [
+                    shutil.which("gcloud") or "gcloud",
+                    "beta",
+                    "emulators",
+                    "pubsub",
+                    "start",
+                    f"--host-port={c.pubsub_host}",
+                    f"--project={c.project}",
+                    "--quiet",
+                ],
+            )
+            self._spawn(
+                "bqemulator",
+                [
+                    sys.executable,
+                    "-m",
+                    "infra.local.bqemulator_server",
+                    "start",
+                    "--project",
+                    c.project,
+                    "--rest-port",
+                    str(c.bigquery_port),
+                    "--grpc-port",
+                    str(c.bigquery_grpc_port),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+            )
             function_env = {**c.exports(), "PYTHONUNBUFFERED": "1", **c.function_env}
             function_env.pop("PUBSUB_EMULATOR_HOST")
             for name, target, signature, port in (
                 ("ingest", "ingest", "cloudevent", c.ingest_port),
                 ("sync", "sync", "http", c.sync_port),
             ):
-                self._spawn(name, [
-                    str(VENV_BIN / "functions-framework"), "--target", target, "--signature-type", signature,
-                    "--source", str(STAGE / "main.py"), "--host", "127.0.0.1", "--port", str(port),
-                ], env=function_env, cwd=STAGE)
+                self._spawn(
+                    name,
+                    [
+                        str(VENV_BIN / "functions-framework"),
+                        "--target",
+                        target,
+                        "--signature-type",
+                        signature,
+                        "--source",
+                        str(STAGE / "main.py"),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    env=function_env,
+                    cwd=STAGE,
+                )
             self.wait_ready()
             self.create_topic_and_push_subscription()
         except BaseException:
@@ -163,7 +205,7 @@ class Stack:
 
     def _exited(self, name: str) -> bool:
         try:
-            pid, status = os.waitpid(self.pids[name], os.WNOHANG)
+            pid, _status = os.waitpid(self.pids[name], os.WNOHANG)
         except ChildProcessError:
             return not _alive(self.pids[name])
         return pid != 0
@@ -221,10 +263,8 @@ def _http_ok(url: str) -> bool:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # each process leads its own group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pid: int) -> bool:
@@ -244,10 +284,8 @@ def _alive(pid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 @contextmanager

@@ -1,0 +1,154 @@
+"""The users sync through its HTTP function (and its command line) on the local stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud import bigquery
+
+from infra.local.stack import STAGE, Stack
+from tests.integration.conftest import identify, query, wait_rows
+
+pytestmark = pytest.mark.integration
+P = "personas-local"
+
+
+def sync(stack: Stack, **body: Any) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        stack.config.sync_url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def sync_cli(stack: Stack, tmp_path: Path, space: str, config: str | None) -> dict[str, Any]:
+    env = {"PATH": "/usr/bin:/bin", **stack.config.exports(), "SYNC_OVERLAP_SECONDS": "0"}
+    if config is not None:
+        path = tmp_path / "personas.yaml"
+        path.write_text(config)
+        env["PERSONAS_CONFIG"] = str(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "personas_warehouse.sync", "--space", space],
+        cwd=STAGE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def users(bq: bigquery.Client, space: str) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in query(bq, f"SELECT * FROM `{P}.personas_{space}.users`")}
+
+
+def test_out_of_order_duplicates_and_anonymous(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    exit_call = identify("u1", "exit", "2026-11-01T11:00:00Z", first_time_shopper=False)
+    publish(exit_call, space=space)  # the exit arrives first ...
+    publish(identify("u1", "enter", "2026-11-01T10:00:00Z", first_time_shopper=True, revenue=450.0), space=space)
+    publish(exit_call, space=space)  # ... and again: a duplicate of the same messageId
+    publish(identify(None, "anon", "2026-11-01T12:00:00Z", first_time_shopper=True), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 4)
+
+    status, summary = sync(stack, spaces=[space])
+    assert status == 200
+    [result] = summary["spaces"]
+    assert (result["status"], result["users_inserted"], result["identify_rows_read"]) == ("success", 1, 2)
+    assert users(bq, space) == {
+        "u1": {
+            "id": "u1",
+            "received_at": users(bq, space)["u1"]["received_at"],
+            "first_time_shopper": False,
+            "revenue": 450.0,
+        }
+    }
+    history = query(bq, f"SELECT * FROM `{P}.personas__ops.sync_history` WHERE run_id = @r", r=summary["run_id"])
+    assert [(h["space"], h["status"], h["users_inserted"]) for h in history] == [(space, "success", 1)]
+
+
+def test_trait_added_between_runs_and_incremental_watermark(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    publish(identify("u2", "a2", "2026-11-01T10:00:00Z", first_time_shopper=False), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
+    # u1 loads last, so the first run's watermark (its newest loaded_at, inclusive) touches only u1.
+    publish(identify("u1", "a1", "2026-11-01T10:00:00Z", first_time_shopper=True), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 2)
+    _, first = sync(stack, spaces=[space])
+    publish(identify("u1", "a3", "2026-11-01T11:00:00Z", total_revenue_180_days=450.0), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 3)
+    _, second = sync(stack, spaces=[space])
+    got = users(bq, space)
+    assert (got["u1"]["first_time_shopper"], got["u1"]["total_revenue_180_days"]) == (True, 450.0)
+    assert (got["u2"]["first_time_shopper"], got["u2"]["total_revenue_180_days"]) == (False, None)
+    [a], [b] = first["spaces"], second["spaces"]
+    assert a["watermark_from"] is None and b["watermark_from"] == a["watermark_to"]
+    assert (b["users_inserted"], b["users_updated"], b["identify_rows_read"]) == (0, 1, 2)  # only u1 recomputed
+    _, full = sync(stack, spaces=[space], full=True)
+    assert full["spaces"][0]["mode"] == "full" and users(bq, space) == got
+
+
+def test_selective_sync_switched_off_and_on(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str, tmp_path: Path
+) -> None:
+    off = f"spaces:\n  {space}:\n    disabled_columns:\n      users: [vip]\n"
+    publish(identify("u1", "v1", "2026-11-01T10:00:00Z", vip=True, level=1), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
+    assert sync_cli(stack, tmp_path, space, off)["spaces"][0]["status"] == "success"
+    assert "vip" not in users(bq, space)["u1"] and users(bq, space)["u1"]["level"] == 1
+    sync_cli(stack, tmp_path, space, None)  # switched on
+    assert users(bq, space)["u1"]["vip"] is True
+    publish(identify("u1", "v2", "2026-11-01T11:00:00Z", vip=False, level=2), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 2)
+    sync_cli(stack, tmp_path, space, off)  # off again: history stays, the column is left alone
+    assert (users(bq, space)["u1"]["vip"], users(bq, space)["u1"]["level"]) == (True, 2)
+
+
+def test_a_failing_space_does_not_stop_the_others(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    broken = space + "_broken"
+    bq.create_dataset(f"{P}.personas_{broken}")
+    bq.create_table(
+        bigquery.Table(f"{P}.personas_{broken}.identifies", schema=[bigquery.SchemaField("user_id", "STRING")])
+    )
+    publish(identify("u1", "f1", "2026-11-01T10:00:00Z", a=1), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
+    status, summary = sync(stack, spaces=[broken, space])
+    assert status == 500
+    by_space = {s["space"]: s for s in summary["spaces"]}
+    assert by_space[space]["status"] == "success" and by_space[broken]["status"] == "failure"
+    assert by_space[broken]["error"]
+    history = query(
+        bq, f"SELECT space, status, error FROM `{P}.personas__ops.sync_history` WHERE run_id = @r", r=summary["run_id"]
+    )
+    assert {h["space"]: h["status"] for h in history} == {space: "success", broken: "failure"}
+    assert users(bq, space)["u1"]["a"] == 1
+
+
+def test_sync_without_spaces_finds_every_space_dataset(stack: Stack, bq: bigquery.Client) -> None:
+    status, summary = sync(stack)
+    found = {s["space"] for s in summary["spaces"]}
+    expected = {
+        d.dataset_id.removeprefix("personas_")
+        for d in bq.list_datasets()
+        if d.dataset_id.startswith("personas_") and not d.dataset_id.startswith("personas__")
+    }
+    assert found == expected
