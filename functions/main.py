@@ -6,6 +6,7 @@ from typing import Any
 
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from personas_warehouse import app
 
 

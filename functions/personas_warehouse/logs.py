@@ -1,5 +1,6 @@
-"""Structured log lines Cloud Logging understands: one JSON object per line on stderr (stdout stays free for command output), with
-`severity` and `message`; the other keys become jsonPayload fields. No payload contents at INFO."""
+"""Structured log lines Cloud Logging understands: one JSON object per line on stderr (stdout stays free
+for command output), with `severity` and `message`; the other keys become jsonPayload fields. No
+payload contents at INFO."""
 
 from __future__ import annotations
 

@@ -145,6 +145,7 @@ def test_a_failing_space_does_not_stop_the_others(
 
 def test_sync_without_spaces_finds_every_space_dataset(stack: Stack, bq: bigquery.Client) -> None:
     status, summary = sync(stack)
+    assert status == 200
     found = {s["space"] for s in summary["spaces"]}
     expected = {
         d.dataset_id.removeprefix("personas_")
