@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAGE := build/function
 
-.PHONY: venv stage demo up down test unit integration lint bench clean
+.PHONY: venv stage demo up down test unit lint docs bench clean
 
 $(VENV)/.installed: requirements-dev.txt requirements-lock.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ unit: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# Rewrite README's generated sections (table layouts, naming examples).
+docs: venv
+	PYTHONPATH=functions:. $(PY) -m infra.docs
 
 bench: venv stage
 	$(PY) -m tests.bench.bench_ingest

@@ -153,7 +153,8 @@ class Stack:
                 ],
                 cwd=ROOT,
             )
-            function_env = {**c.exports(), "PYTHONUNBUFFERED": "1", **c.function_env}
+            # PYTHONPATH pins imports to the staged copy: a file missing from the deployable unit fails.
+            function_env = {**c.exports(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(STAGE), **c.function_env}
             function_env.pop("PUBSUB_EMULATOR_HOST")
             for name, target, signature, port in (
                 ("ingest", "ingest", "cloudevent", c.ingest_port),
