@@ -47,7 +47,7 @@ docs: venv
 	PYTHONPATH=functions:. $(PY) -m infra.docs
 
 bench: venv stage
-	$(PY) -m tests.bench.bench_ingest
+	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_ingest
 
 clean:
 	rm -rf build .stack $(VENV)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from functools import lru_cache
 
 MAX_COLUMN_LENGTH = 300
 MAX_TABLE_LENGTH = 1024
@@ -39,8 +39,9 @@ def snake_case(key: str) -> str:
     return _NOT_ALNUM.sub("_", split.lower()).strip("_")
 
 
+@lru_cache(maxsize=65_536)  # Personas repeats the same keys in every call: name each once per instance
 def safe_name(
-    path: Iterable[str],
+    path: tuple[str, ...],
     *,
     taken: frozenset[str] = frozenset(),
     taken_prefixes: tuple[str, ...] = (),
@@ -51,7 +52,7 @@ def safe_name(
     `taken` are names the table reserves for its base columns and `taken_prefixes` whole families of
     them (`context_` for trait columns): a key landing there gets a `_` prefix instead.
     """
-    parts = tuple(path)
+    parts = path
     name = "_".join(p for p in (snake_case(part) for part in parts) if p)
     if not name:
         name = "_" + _digest("\x1f".join(parts))
@@ -65,7 +66,7 @@ def safe_name(
 
 
 def column_name(
-    path: Iterable[str], *, taken: frozenset[str] = frozenset(), taken_prefixes: tuple[str, ...] = ()
+    path: tuple[str, ...], *, taken: frozenset[str] = frozenset(), taken_prefixes: tuple[str, ...] = ()
 ) -> str:
     return safe_name(path, taken=taken, taken_prefixes=taken_prefixes, max_length=MAX_COLUMN_LENGTH)
 
