@@ -1,0 +1,607 @@
+"""Static checks of the Google Cloud deployment: infra/terraform/*.tf and cloudbuild.yaml.
+
+Offline and fast. Providers cannot be downloaded here, so `terraform validate` cannot run:
+python-hcl2 parses the configuration and these tests check its structure, its references and the
+limits that must hold between settings (for every value the variables' validations accept).
+`terraform fmt` and `terraform console` run only where a terraform binary is on the PATH.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import json
+import math
+import operator
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+
+from personas_warehouse.settings import _ENV
+from personas_warehouse.sync import run_sync
+from schemas.tables import table_specs
+
+ROOT = Path(__file__).resolve().parents[2]
+TF_DIR = ROOT / "infra" / "terraform"
+TABLES_JSON = ROOT / "schemas" / "tables.json"
+CLOUDBUILD = ROOT / "cloudbuild.yaml"
+FUNCTIONS_MAIN = ROOT / "functions" / "main.py"
+
+_HCL = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+_TERRAFORM = shutil.which("terraform")
+_NO_TERRAFORM = "no terraform binary on the PATH"
+
+PUBSUB_MAX_ACK_DEADLINE = 600
+SCHEDULER_MAX_ATTEMPT_DEADLINE = 1800
+SYNC_CODE_DEADLINE = inspect.signature(run_sync).parameters["deadline_seconds"].default
+
+
+# --- reading the configuration ------------------------------------------------------------------
+
+
+def _tf_files() -> list[Path]:
+    return sorted(TF_DIR.glob("*.tf"))
+
+
+@functools.cache
+def _config() -> dict[str, list[Any]]:
+    merged: dict[str, list[Any]] = {}
+    for path in _tf_files():
+        for key, blocks in hcl2.loads(path.read_text(), serialization_options=_HCL).items():
+            merged.setdefault(key, []).extend(blocks)
+    return merged
+
+
+def _labelled(kind: str) -> dict[str, dict[str, Any]]:
+    """resource/data blocks as {"type.name": body}."""
+    found: dict[str, dict[str, Any]] = {}
+    for block in _config().get(kind, []):
+        for type_, named in block.items():
+            for name, body in named.items():
+                found[f"{type_}.{name}"] = body
+    return found
+
+
+def _resources(type_: str) -> dict[str, dict[str, Any]]:
+    prefix = type_ + "."
+    return {key[len(prefix) :]: body for key, body in _labelled("resource").items() if key.startswith(prefix)}
+
+
+def _resource(type_: str, name: str) -> dict[str, Any]:
+    resources = _resources(type_)
+    assert name in resources, f"{type_}.{name} is not declared in infra/terraform"
+    return resources[name]
+
+
+def _named(kind: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for block in _config().get(kind, []):
+        merged.update(block)
+    return merged
+
+
+def _variables() -> dict[str, dict[str, Any]]:
+    return _named("variable")
+
+
+def _locals() -> dict[str, Any]:
+    return _named("locals")
+
+
+def _block(body: dict[str, Any], name: str) -> dict[str, Any]:
+    blocks = body.get(name)
+    assert isinstance(blocks, list) and len(blocks) == 1, f"expected exactly one {name} block, got {blocks!r}"
+    return blocks[0]
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def _ref(expression: str) -> str:
+    """`${a.b}` -> `a.b` (a single interpolation, nothing around it)."""
+    assert isinstance(expression, str) and expression.startswith("${") and expression.endswith("}"), expression
+    inner = expression[2:-1]
+    assert "${" not in inner, expression
+    return inner
+
+
+# --- evaluating the few numeric expressions that must respect limits -----------------------------
+
+_VAR_OR_LOCAL = re.compile(r"\b(var|local)\.([A-Za-z_][A-Za-z0-9_]*)")
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_COMPARE: dict[type, Callable[[Any, Any], bool]] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "floor": math.floor, "tostring": lambda v: v}
+
+
+def evaluate(expression: Any, values: dict[str, Any]) -> Any:
+    """Value of a simple HCL expression (numbers, + - * /, comparisons, && || !, min/max/floor/tostring).
+
+    var.X comes from `values`, else from the variable's default; local.X is evaluated in turn.
+    Anything else raises, so a change that makes an expression too rich for this check is noticed.
+    """
+    if isinstance(expression, bool | int | float):
+        return expression
+    names: dict[str, Any] = {}
+
+    def substitute(match: re.Match[str]) -> str:
+        kind, name = match.groups()
+        key = f"_{kind}_{name}"
+        if kind == "var":
+            names[key] = values[name] if name in values else _variables()[name]["default"]
+        else:
+            names[key] = evaluate(_locals()[name], values)
+        return key
+
+    text = _VAR_OR_LOCAL.sub(substitute, _ref(expression))
+    text = re.sub(r"!(?!=)", " not ", text.replace("&&", " and ").replace("||", " or "))
+    return _evaluate_node(ast.parse(text.strip(), mode="eval").body, names)
+
+
+def _evaluate_node(node: ast.AST, names: dict[str, Any]) -> Any:
+    match node:
+        case ast.Constant(value=bool() | int() | float() as value):
+            return value
+        case ast.Name(id=name) if name in names:
+            return names[name]
+        case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY:
+            return _BINARY[type(op)](_evaluate_node(left, names), _evaluate_node(right, names))
+        case ast.UnaryOp(op=ast.USub(), operand=operand):
+            return -_evaluate_node(operand, names)
+        case ast.UnaryOp(op=ast.Not(), operand=operand):
+            return not _evaluate_node(operand, names)
+        case ast.BoolOp(op=ast.And(), values=parts):
+            return all(_evaluate_node(part, names) for part in parts)
+        case ast.BoolOp(op=ast.Or(), values=parts):
+            return any(_evaluate_node(part, names) for part in parts)
+        case ast.Compare(left=left, ops=ops, comparators=rights) if all(type(op) in _COMPARE for op in ops):
+            values = [_evaluate_node(left, names), *(_evaluate_node(right, names) for right in rights)]
+            return all(_COMPARE[type(op)](a, b) for op, a, b in zip(ops, values, values[1:], strict=False))
+        case ast.Call(func=ast.Name(id=function), args=args, keywords=[]) if function in _FUNCTIONS:
+            return _FUNCTIONS[function](*(_evaluate_node(arg, names) for arg in args))
+    raise ValueError(f"not a simple expression: {ast.unparse(node)}")
+
+
+def _accepted(values: dict[str, Any]) -> bool:
+    """Whether every validation of the given variables accepts these values."""
+    return all(
+        evaluate(rule["condition"], values) for name in values for rule in _variables()[name].get("validation", [])
+    )
+
+
+# --- the files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", _tf_files(), ids=lambda p: p.name)
+def test_every_tf_file_parses(path: Path) -> None:
+    assert hcl2.loads(path.read_text(), serialization_options=_HCL)
+
+
+def test_expected_files_exist() -> None:
+    names = {p.name for p in _tf_files()}
+    assert {"versions.tf", "variables.tf", "outputs.tf"} <= names
+    assert (TF_DIR / "README.md").is_file()
+
+
+@pytest.mark.skipif(_TERRAFORM is None, reason=_NO_TERRAFORM)
+def test_terraform_fmt_is_clean() -> None:
+    result = subprocess.run(
+        [str(_TERRAFORM), "fmt", "-check", "-recursive", "-diff", str(TF_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
+
+
+def test_google_provider_6_and_a_terraform_that_has_cross_variable_validation() -> None:
+    terraform = _config()["terraform"][0]
+    assert _block(terraform, "required_providers")["google"] == {"source": "hashicorp/google", "version": "~> 6.0"}
+    assert terraform["required_version"] == ">= 1.9"
+    assert "gcs" in _block(terraform, "backend"), "state must outlive a Cloud Build run"
+
+
+def test_every_reference_points_at_something_declared() -> None:
+    """A stand-in for `terraform validate`, which needs the providers."""
+    texts = list(_strings({k: v for k, v in _config().items() if k != "terraform"}))
+    used_vars = {m.group(2) for t in texts for m in _VAR_OR_LOCAL.finditer(t) if m.group(1) == "var"}
+    used_locals = {m.group(2) for t in texts for m in _VAR_OR_LOCAL.finditer(t) if m.group(1) == "local"}
+    assert used_vars - set(_variables()) == set(), "undeclared variables"
+    assert set(_variables()) - used_vars == set(), "declared but unused variables"
+    assert used_locals - set(_locals()) == set(), "undeclared locals"
+
+    declared = set(_labelled("resource")) | {f"data.{key}" for key in _labelled("data")}
+    pattern = re.compile(r"(?<![\w.])((?:data\.)?google_[a-z0-9_]+\.[a-z0-9_]+)")
+    used = {m.group(1) for t in texts for m in pattern.finditer(t)}
+    assert used, "the pattern finds the references"
+    assert used - declared == set(), "references to undeclared resources"
+
+
+# --- functions --------------------------------------------------------------------------------------
+
+
+def test_two_gen2_functions_from_one_source() -> None:
+    functions = _resources("google_cloudfunctions2_function")
+    assert set(functions) == {"ingest", "sync"}
+    defined = {node.name for node in ast.parse(FUNCTIONS_MAIN.read_text()).body if isinstance(node, ast.FunctionDef)}
+    for name, body in functions.items():
+        build = _block(body, "build_config")
+        assert build["runtime"] == "python311"
+        assert build["entry_point"] == name and name in defined, f"functions/main.py has no {name}()"
+        storage = _block(_block(build, "source"), "storage_source")
+        assert storage == {"bucket": "${var.source_bucket}", "object": "${var.source_object}"}
+        service = _block(body, "service_config")
+        assert service["service_account_email"] == f"${{google_service_account.{name}.email}}"
+        assert service["environment_variables"] == "${local.function_env}"
+        assert service["ingress_settings"] in {"ALLOW_ALL", "ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB"}
+        for key in ("available_memory", "timeout_seconds", "max_instance_count", "max_instance_request_concurrency"):
+            assert key in service, f"{name}: service_config.{key} missing"
+
+
+def test_ingest_is_fed_by_the_push_subscription_not_an_event_trigger() -> None:
+    ingest = _resource("google_cloudfunctions2_function", "ingest")
+    assert "event_trigger" not in ingest
+    service = _block(ingest, "service_config")
+    assert service["timeout_seconds"] == "${var.ingest_timeout_seconds}"
+    assert service["max_instance_count"] == "${var.ingest_max_instances}"
+    assert service["max_instance_request_concurrency"] == "${var.ingest_concurrency}"
+    if _variables()["ingest_concurrency"]["default"] > 1:  # Cloud Run: concurrency > 1 needs a whole vCPU
+        assert service["available_cpu"] == "${var.ingest_cpu}"
+        assert float(_variables()["ingest_cpu"]["default"]) >= 1
+
+
+def test_both_functions_get_the_settings_the_code_reads() -> None:
+    local = _locals()
+    managed = local["managed_env"]
+    assert set(managed) == {"BIGQUERY_PROJECT", "BIGQUERY_LOCATION", "OPS_DATASET", "INGEST_DEADLINE_SECONDS"}
+    assert set(managed) <= set(_ENV), "every managed variable is one settings.load_settings reads"
+    assert managed["OPS_DATASET"] == "${google_bigquery_dataset.ops.dataset_id}"
+    assert "PERSONAS_CONFIG" in local["optional_env"]
+    # the managed variables come last, so extra_environment_variables cannot override them
+    assert re.fullmatch(r"\$\{merge\(.*, local\.managed_env\)\}", local["function_env"]), local["function_env"]
+
+
+def test_ingest_deadline_stays_below_the_timeout_for_every_accepted_setting() -> None:
+    ingest = _block(_resource("google_cloudfunctions2_function", "ingest"), "service_config")
+    deadline_expr = _locals()["managed_env"]["INGEST_DEADLINE_SECONDS"]
+    timeouts = sorted({*range(0, 701, 5), 14, 15, 16, 569, 570, 571})
+    cases = [
+        {"ingest_timeout_seconds": t, "ingest_deadline_margin_seconds": m}
+        for t in timeouts
+        for m in (0, 1, 4, 5, 6, 10, 30, 100)
+    ]
+    accepted = [case for case in cases if _accepted(case)]
+    assert {"ingest_timeout_seconds": 60, "ingest_deadline_margin_seconds": 10} in accepted
+    assert len(accepted) < len(cases), "the validations refuse something"
+    for case in accepted:
+        timeout = evaluate(ingest["timeout_seconds"], case)
+        deadline = evaluate(deadline_expr, case)
+        assert 1 <= deadline < timeout, case  # settings require INGEST_DEADLINE_SECONDS >= 1
+
+
+# --- Pub/Sub ------------------------------------------------------------------------------------------
+
+
+def test_push_subscription_delivers_to_ingest_with_oidc_retry_and_dead_letter() -> None:
+    sub = _resource("google_pubsub_subscription", "ingest")
+    assert sub["topic"] == "${google_pubsub_topic.calls.id}"
+    push = _block(sub, "push_config")
+    ingest_uri = "${google_cloudfunctions2_function.ingest.service_config[0].uri}"
+    # the topic path in the URL lets functions-framework name the topic in the CloudEvent's source
+    assert push["push_endpoint"] == ingest_uri + "/${google_pubsub_topic.calls.id}"
+    oidc = _block(push, "oidc_token")
+    assert oidc == {"service_account_email": "${google_service_account.push.email}", "audience": ingest_uri}
+    assert "no_wrapper" not in push, "functions-framework needs the Pub/Sub push envelope"
+
+    dead = _block(sub, "dead_letter_policy")
+    assert dead["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert dead["max_delivery_attempts"] == "${var.max_delivery_attempts}"
+    assert _variables()["max_delivery_attempts"]["default"] == 10
+    assert _block(sub, "retry_policy") == {"minimum_backoff": "10s", "maximum_backoff": "600s"}
+    assert _block(sub, "expiration_policy") == {"ttl": ""}, "an idle subscription must not expire"
+
+
+def test_ack_deadline_covers_the_ingest_timeout_for_every_accepted_setting() -> None:
+    sub = _resource("google_pubsub_subscription", "ingest")
+    ingest = _block(_resource("google_cloudfunctions2_function", "ingest"), "service_config")
+    cases = [{"ingest_timeout_seconds": t} for t in sorted({*range(0, 1001, 5), 569, 570, 571})]
+    accepted = [case for case in cases if _accepted(case)]
+    assert {"ingest_timeout_seconds": 60} in accepted
+    assert {"ingest_timeout_seconds": 600} not in accepted, "a timeout no ack deadline can cover is refused"
+    for case in accepted:
+        timeout = evaluate(ingest["timeout_seconds"], case)
+        ack = evaluate(sub["ack_deadline_seconds"], case)
+        assert timeout <= ack <= PUBSUB_MAX_ACK_DEADLINE, case
+
+
+def test_dead_letter_topic_has_a_pull_subscription_that_keeps_messages_7_days() -> None:
+    hold = _resource("google_pubsub_subscription", "dead_letter")
+    assert hold["topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert "push_config" not in hold
+    assert hold["message_retention_duration"] == "604800s"
+    assert _block(hold, "expiration_policy") == {"ttl": ""}
+
+
+def test_pubsub_service_agent_can_dead_letter() -> None:
+    assert "@gcp-sa-pubsub.iam.gserviceaccount.com" in _locals()["pubsub_service_agent"]
+    publisher = _resource("google_pubsub_topic_iam_member", "dead_letter_publisher")
+    assert publisher["topic"] == "${google_pubsub_topic.dead_letter.name}"
+    assert publisher["role"] == "roles/pubsub.publisher"
+    assert publisher["member"] == "${local.pubsub_service_agent}"
+    subscriber = _resource("google_pubsub_subscription_iam_member", "dead_letter_subscriber")
+    assert subscriber["subscription"] == "${google_pubsub_subscription.ingest.name}"
+    assert subscriber["role"] == "roles/pubsub.subscriber"
+    assert subscriber["member"] == "${local.pubsub_service_agent}"
+
+
+# --- BigQuery ---------------------------------------------------------------------------------------
+
+
+def test_ops_tables_are_derived_from_tables_json() -> None:
+    local = _locals()
+    reference = 'jsondecode(file("${path.module}/../../schemas/tables.json"))'
+    assert reference in local["table_specs"]
+    assert (TF_DIR / "../../schemas/tables.json").resolve() == TABLES_JSON.resolve()
+    for piece in ('spec.dataset == "ops"', "for column in spec.columns", 'mode = "NULLABLE"'):
+        assert piece in local["ops_tables"]
+
+    tables = _resources("google_bigquery_table")
+    assert set(tables) == {"ops"}, "every Terraform-managed table comes from tables.json"
+    table = tables["ops"]
+    assert table["for_each"] == "${local.ops_tables}"
+    assert table["dataset_id"] == "${google_bigquery_dataset.ops.dataset_id}"
+    assert table["table_id"] == "${each.key}"
+    assert table["schema"] == "${each.value.schema}"
+    assert "each.value.clustering" in table["clustering"]
+    partitioning = table["dynamic"][0]["time_partitioning"]
+    assert "each.value.partition_field" in partitioning["for_each"]
+
+    dataset = _resource("google_bigquery_dataset", "ops")
+    assert dataset["dataset_id"] == "${var.ops_dataset}"
+    assert _variables()["ops_dataset"]["default"] == "personas__ops"
+    assert dataset["location"] == "${var.bigquery_location}"
+
+
+def test_no_schema_is_written_by_hand_in_terraform() -> None:
+    for path in _tf_files():
+        text = path.read_text()
+        for word in ("TIMESTAMP", "INT64", "BOOL", '"mode"'):
+            assert word not in text, f"{path.name} spells out a schema ({word}); derive it from tables.json"
+
+
+def test_tables_json_ops_tables_fit_the_terraform_derivation() -> None:
+    """Terraform iterates an ops table's columns directly: they must be a list, not a reference."""
+    raw = json.loads(TABLES_JSON.read_text())
+    ops = {name: body for name, body in raw.items() if not name.startswith("_") and body["dataset"] == "ops"}
+    assert set(ops) == {"rejected_messages", "sync_history"}
+    for name, body in ops.items():
+        assert isinstance(body["columns"], list), name
+        columns = {column["name"] for column in body["columns"]}
+        assert body["partition_field"] in columns, name
+        assert set(body["clustering"]) <= columns, name
+
+
+@pytest.mark.skipif(_TERRAFORM is None, reason=_NO_TERRAFORM)
+def test_terraform_evaluates_the_ops_tables_the_code_would_create(tmp_path: Path) -> None:
+    """Run bigquery.tf's locals in real Terraform (no provider needed) and compare with schemas/tables.py."""
+    text = (TF_DIR / "bigquery.tf").read_text()
+    blocks = re.findall(r"^locals \{\n.*?^\}\n", text, flags=re.MULTILINE | re.DOTALL)
+    (module := tmp_path / "infra" / "terraform").mkdir(parents=True)
+    (module / "locals.tf").write_text("".join(blocks))
+    (tmp_path / "schemas").mkdir()
+    shutil.copy(TABLES_JSON, tmp_path / "schemas" / "tables.json")
+    result = subprocess.run(
+        [str(_TERRAFORM), "console"],
+        input="jsonencode(local.ops_tables)\n",
+        cwd=module,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    derived = json.loads(json.loads(result.stdout))
+
+    specs = {kind: spec for kind, spec in table_specs().items() if spec.dataset == "ops"}
+    assert set(derived) == set(specs)
+    for kind, spec in specs.items():
+        table = derived[kind]
+        assert table["description"] == spec.description
+        assert table["partition_field"] == spec.partition_field
+        assert tuple(table["clustering"]) == spec.clustering
+        assert json.loads(table["schema"]) == [
+            {"name": c.name, "type": c.type, "mode": "NULLABLE", "description": c.description} for c in spec.columns
+        ]
+
+
+# --- IAM ----------------------------------------------------------------------------------------------
+
+EXPECTED_ROLES = {
+    "roles/bigquery.dataEditor",
+    "roles/bigquery.jobUser",
+    "roles/run.invoker",
+    "roles/pubsub.publisher",
+    "roles/pubsub.subscriber",
+    "roles/iam.serviceAccountTokenCreator",
+}
+
+
+def test_no_public_access_and_no_broad_roles() -> None:
+    texts = list(_strings(_config()))
+    for text in texts:
+        assert "allUsers" not in text and "allAuthenticatedUsers" not in text, text
+    roles = {role for text in texts for role in re.findall(r"roles/[A-Za-z.]+", text)}
+    assert not roles & {"roles/owner", "roles/editor", "roles/viewer"}
+    assert roles == EXPECTED_ROLES, "a new role is a least-privilege decision: update EXPECTED_ROLES on purpose"
+
+
+def test_only_additive_iam_grants() -> None:
+    authoritative = [key for key in _labelled("resource") if re.search(r"_iam_(binding|policy)\.", key)]
+    assert authoritative == [], "bindings and policies would remove grants made by others"
+
+
+def test_one_service_account_per_role_with_least_privilege() -> None:
+    assert set(_resources("google_service_account")) == {"ingest", "sync", "push", "scheduler"}
+
+    project_roles: dict[str, set[str]] = {}
+    for name, grant in _resources("google_project_iam_member").items():
+        member = re.fullmatch(r"serviceAccount:\$\{google_service_account\.(\w+)\.email\}", grant["member"])
+        assert member, grant["member"]
+        roles = set(re.findall(r"roles/[A-Za-z.]+", grant.get("for_each", ""))) or {grant["role"]}
+        project_roles.setdefault(member.group(1), set()).update(roles)
+        assert name == member.group(1)
+    # ingest creates space datasets at run time (project-level dataEditor) and runs no queries
+    assert project_roles == {
+        "ingest": {"roles/bigquery.dataEditor"},
+        "sync": {"roles/bigquery.dataEditor", "roles/bigquery.jobUser"},
+    }
+
+    invokers = {
+        (grant["member"], grant["service"]) for grant in _resources("google_cloud_run_service_iam_member").values()
+    }
+    assert invokers == {
+        (
+            "serviceAccount:${google_service_account.push.email}",
+            "${google_cloudfunctions2_function.ingest.service_config[0].service}",
+        ),
+        (
+            "serviceAccount:${google_service_account.scheduler.email}",
+            "${google_cloudfunctions2_function.sync.service_config[0].service}",
+        ),
+    }
+    for grant in _resources("google_cloud_run_service_iam_member").values():
+        assert grant["role"] == "roles/run.invoker"
+
+
+# --- Cloud Scheduler ----------------------------------------------------------------------------------
+
+
+def test_scheduler_posts_to_sync_with_oidc() -> None:
+    job = _resource("google_cloud_scheduler_job", "sync")
+    target = _block(job, "http_target")
+    sync_uri = "${google_cloudfunctions2_function.sync.service_config[0].uri}"
+    assert target["http_method"] == "POST"
+    assert target["uri"] == sync_uri
+    assert target["body"] == '${base64encode("{}")}'
+    assert _block(target, "oidc_token") == {
+        "service_account_email": "${google_service_account.scheduler.email}",
+        "audience": sync_uri,
+    }
+    assert job["schedule"] == "${var.sync_schedule}"
+    assert _variables()["sync_schedule"]["default"] == "0 * * * *"
+    assert job["time_zone"] == "${var.sync_time_zone}"
+    assert _variables()["sync_time_zone"]["default"] == "Etc/UTC"
+    assert 0 <= _block(job, "retry_config")["retry_count"] <= 3
+
+
+def test_sync_timeout_and_attempt_deadline_fit_the_code_for_every_accepted_setting() -> None:
+    job = _resource("google_cloud_scheduler_job", "sync")
+    sync = _block(_resource("google_cloudfunctions2_function", "sync"), "service_config")
+    attempt = job["attempt_deadline"]
+    assert attempt.endswith("s")
+    cases = [{"sync_timeout_seconds": t} for t in range(0, 4001, 10)]
+    accepted = [case for case in cases if _accepted(case)]
+    assert {"sync_timeout_seconds": 1800} in accepted
+    for case in accepted:
+        timeout = evaluate(sync["timeout_seconds"], case)
+        seconds = evaluate(attempt[:-1], case)
+        assert SYNC_CODE_DEADLINE < timeout <= 3600, case  # the code stops in time to answer
+        # the scheduler waits for a normal run (no retry while it still runs), within its own limit
+        assert SYNC_CODE_DEADLINE < seconds <= min(timeout, SCHEDULER_MAX_ATTEMPT_DEADLINE), case
+    assert sync["max_instance_count"] == 1 and sync["max_instance_request_concurrency"] == 1
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+
+def test_outputs() -> None:
+    outputs = _named("output")
+    assert outputs["topic_id"]["value"] == "${google_pubsub_topic.calls.id}"
+    assert "google_cloudfunctions2_function.ingest" in outputs["ingest_url"]["value"]
+    assert "google_cloudfunctions2_function.sync" in outputs["sync_url"]["value"]
+    assert outputs["dead_letter_subscription"]["value"] == "${google_pubsub_subscription.dead_letter.id}"
+
+
+# --- cloudbuild.yaml ----------------------------------------------------------------------------------
+
+
+def _cloudbuild() -> dict[str, Any]:
+    return yaml.safe_load(CLOUDBUILD.read_text())
+
+
+def _step_text(step: dict[str, Any]) -> str:
+    return "\n".join(str(arg) for arg in step.get("args", []))
+
+
+def _step_index(steps: list[dict[str, Any]], *needles: str) -> int:
+    found = [i for i, step in enumerate(steps) if all(n in _step_text(step) for n in needles)]
+    assert len(found) == 1, f"expected one step running {needles}, found {found}"
+    return found[0]
+
+
+def test_cloudbuild_tests_stages_uploads_and_deploys_in_order() -> None:
+    build = _cloudbuild()
+    steps = build["steps"]
+    tests = _step_index(steps, "make venv", ".venv/bin/python -m pytest -q tests/unit", ".venv/bin/ruff check .")
+    assert steps[tests]["name"] == "python:3.11", "tests run in the functions' runtime (python311)"
+    stage = _step_index(steps, "make stage", "build/function")
+    upload = _step_index(steps, "gs://${_SOURCE_BUCKET}/")
+    init = _step_index(steps, "init", "-backend-config=bucket=")
+    apply = _step_index(steps, "apply", "-var=source_object=")
+    assert tests < stage < upload < init < apply
+
+    destination = next(a for a in steps[upload]["args"] if str(a).startswith("gs://"))
+    object_name = destination.removeprefix("gs://${_SOURCE_BUCKET}/")
+    assert f"-var=source_object={object_name}" in steps[apply]["args"]
+    assert "-var=source_bucket=${_SOURCE_BUCKET}" in steps[apply]["args"]
+    assert "${BUILD_ID}" in object_name, "a new object per build, so Terraform redeploys"
+    for step in (steps[init], steps[apply]):
+        assert step["name"].startswith("hashicorp/terraform:")
+        assert "-chdir=infra/terraform" in step["args"]
+
+
+def test_cloudbuild_substitutions_are_defined_and_used() -> None:
+    build = _cloudbuild()
+    text = "\n".join(_step_text(step) + "\n" + step["name"] for step in build["steps"])
+    used = set(re.findall(r"\$\{?(_[A-Z0-9_]+)", text))
+    defined = set(build["substitutions"])
+    assert used - defined == set(), "substitutions without a default"
+    assert defined - used == set(), "unused substitutions"
+    if any("${PROJECT_ID}" in str(value) for value in build["substitutions"].values()):
+        assert build["options"]["dynamicSubstitutions"] is True
+
+
+def test_cloudbuild_terraform_satisfies_required_version() -> None:
+    version = tuple(int(part) for part in _cloudbuild()["substitutions"]["_TERRAFORM_VERSION"].split("."))
+    required = re.fullmatch(r">= (\d+)\.(\d+)", _config()["terraform"][0]["required_version"])
+    assert required
+    assert version[:2] >= (int(required.group(1)), int(required.group(2)))
