@@ -21,6 +21,7 @@ stage:
 	cp functions/main.py functions/requirements.txt $(STAGE)/
 	cp -r functions/personas_warehouse $(STAGE)/personas_warehouse
 	mkdir -p $(STAGE)/schemas && cp schemas/*.py schemas/tables.json $(STAGE)/schemas/
+	cp personas.yaml $(STAGE)/personas.yaml
 	find $(STAGE) -name __pycache__ -prune -exec rm -rf {} +
 
 demo: venv stage

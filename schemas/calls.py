@@ -34,8 +34,22 @@ class Identifier(fields.Field):
         return text or None
 
 
+def _in_utc_range(moment: datetime) -> None:
+    """marshmallow accepts offsets that push a date past year 9999 (or before 1) once in UTC."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValidationError("Outside the years 1-9999 once in UTC.") from exc
+
+
 def _timestamp() -> fields.AwareDateTime:
-    return fields.AwareDateTime(format="iso", default_timezone=UTC, load_default=None, allow_none=True)
+    return fields.AwareDateTime(
+        format="iso",
+        default_timezone=UTC,
+        load_default=None,
+        allow_none=True,
+        validate=_in_utc_range,
+    )
 
 
 def _object() -> fields.Dict:

@@ -21,8 +21,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from schemas.tables import table_specs
 
-NAME = re.compile(r"^[a-z_][a-z0-9_]{0,299}$")
-SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}$")
+NAME = re.compile(r"^[a-z_][a-z0-9_]{0,299}\Z")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}\Z")
 ALL_TABLES = "*"
 NEVER_DISABLED_TABLES = frozenset({"discards"})
 
@@ -45,7 +45,7 @@ class SpaceConfigSchema(Schema):
     space_ids = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
     disabled_tables = _names()
     disabled_columns = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(r"^(\*|[a-z_][a-z0-9_]*)$")), values=_names(), load_default=dict
+        keys=fields.String(validate=validate.Regexp(r"^(\*|[a-z_][a-z0-9_]*)\Z")), values=_names(), load_default=dict
     )
 
     @validates("disabled_tables")
@@ -71,12 +71,13 @@ class ConfigSchema(Schema):
         keys=fields.String(validate=validate.Regexp(SLUG, error="Not a safe space slug: {input}")),
         values=fields.Nested(SpaceConfigSchema),
         load_default=dict,
+        allow_none=True,
     )
 
     @validates_schema
     def _unique_space_ids(self, data: dict[str, Any], **kwargs: Any) -> None:
         owner: dict[str, str] = {}
-        for slug, space in data.get("spaces", {}).items():
+        for slug, space in (data.get("spaces") or {}).items():
             for space_id in space.get("space_ids", []):
                 if space_id in owner:
                     raise ValidationError(

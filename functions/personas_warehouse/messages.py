@@ -86,9 +86,9 @@ def _with_defaults(raw: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
     if not defaults:
         return raw
     merged = {**{k: v for k, v in defaults.items() if k != "context"}, **raw}
-    if "context" in defaults:
-        own = raw.get("context") if isinstance(raw.get("context"), dict) else {}
-        merged["context"] = {**defaults["context"], **own}
+    own = raw.get("context")
+    if "context" in defaults and (own is None or isinstance(own, dict)):
+        merged["context"] = {**defaults["context"], **(own or {})}
     return merged
 
 
@@ -98,7 +98,7 @@ def route(call: Call, attributes: Mapping[str, str], settings: Settings) -> str 
     if not naming.is_space_slug(slug):
         return Rejection(
             ErrorClass.UNSAFE_SPACE,
-            {SPACE_ATTRIBUTE: [f"Not a safe space slug (must match {naming.SPACE_SLUG.pattern})."]},
+            {SPACE_ATTRIBUTE: [naming.SPACE_SLUG_RULE]},
         )
     return slug
 
@@ -115,6 +115,8 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
         document = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as exc:
         return Decoded([], [Rejection(ErrorClass.INVALID_JSON, {"data": [str(exc)]})], data)
+    except RecursionError:
+        return Decoded([], [Rejection(ErrorClass.INVALID_JSON, {"data": ["Nested too deeply."]})], data)
     envelope = _envelope(document)
     if isinstance(envelope, Rejection):
         return Decoded([], [envelope], data)

@@ -4,8 +4,9 @@ Keys are snake-cased the way Segment's loader does (segmentio/go-snakecase): cam
 case, runs of anything but a-z0-9 collapse to one `_`, leading and trailing `_` go. Then the result is
 made a legal, unambiguous BigQuery name: a leading digit gets a `_` prefix, a name a table already
 uses for a base column (or a reserved prefix) gets a `_` prefix, a name with no letters or digits
-left becomes `_` plus a hash of the key, and names over the length limit are cut and suffixed with a
-hash of the full name so two long names never share a column.
+left becomes `_` plus a hash of the key, a key whose letters have no ASCII form gets its hash
+appended (two Cyrillic keys ending in 1 must not both be `_1`), and names over the length limit are cut and
+suffixed with a hash of the full name so two long names never share a column.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ MAX_TABLE_LENGTH = 1024
 # BigQuery refuses column names starting with these (case-insensitive).
 BIGQUERY_RESERVED_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colon_")
 SPACE_PREFIX = "personas_"
-SPACE_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}$")
-DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+SPACE_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}\Z")
+SPACE_SLUG_RULE = "Not a safe space slug: 1 to 100 of a-z, 0-9 and _, not starting with _."
+DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
 _ACRONYM_THEN_WORD = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _LOWER_THEN_UPPER = re.compile(r"([a-z0-9])([A-Z])")
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -52,17 +54,30 @@ def safe_name(
     `taken` are names the table reserves for its base columns and `taken_prefixes` whole families of
     them (`context_` for trait columns): a key landing there gets a `_` prefix instead.
     """
-    parts = path
-    name = "_".join(p for p in (snake_case(part) for part in parts) if p)
+    key_hash = _digest("\x1f".join(path))
+    name = "_".join(p for p in (snake_case(part) for part in path) if p)
     if not name:
-        name = "_" + _digest("\x1f".join(parts))
-    elif name[0].isdigit():
+        name = "_" + key_hash
+    elif _lost_letters(path):
+        name = f"{name}_{key_hash}"
+    if name[0].isdigit():
         name = "_" + name
     while name in taken or name.startswith(taken_prefixes) or name.startswith(BIGQUERY_RESERVED_PREFIXES):
         name = "_" + name
     if len(name) > max_length:
-        name = f"{name[: max_length - _HASH_LENGTH - 1]}_{_digest(name)}"
+        name = f"{name[: max_length - _HASH_LENGTH - 1].rstrip('_')}_{_digest(name)}"
     return name
+
+
+def _lost_letters(parts: tuple[str, ...]) -> bool:
+    """True when a letter or digit has no ASCII form (Cyrillic, CJK): without the key hash such keys
+    could share one column."""
+    return any(
+        ch.isalnum() and not unicodedata.normalize("NFKD", ch).encode("ascii", "ignore")
+        for part in parts
+        for ch in part
+        if not ch.isascii()
+    )
 
 
 def column_name(
@@ -83,7 +98,7 @@ def is_space_slug(slug: str) -> bool:
 def space_dataset(slug: str) -> str:
     """`personas_<slug>`; the caller has checked the slug (a bad one must be rejected, never used)."""
     if not is_space_slug(slug):
-        raise ValueError(f"unsafe space slug {slug!r}: must match {SPACE_SLUG.pattern}")
+        raise ValueError(f"{slug!r}: {SPACE_SLUG_RULE}")
     return SPACE_PREFIX + slug
 
 

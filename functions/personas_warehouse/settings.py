@@ -7,6 +7,7 @@ half-applied. README's configuration table lists every setting here.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def load_config_file(path: Path) -> dict[str, SpaceConfig]:
             disabled_tables=frozenset(body["disabled_tables"]),
             disabled_columns={table: frozenset(names) for table, names in body["disabled_columns"].items()},
         )
-        for slug, body in loaded["spaces"].items()
+        for slug, body in (loaded["spaces"] or {}).items()
     }
 
 
@@ -126,6 +127,14 @@ def _check(settings: Settings) -> None:
     ops = settings.ops_dataset
     if not naming.DATASET_NAME.match(ops) or naming.is_space_dataset(ops):
         raise ConfigError(f"OPS_DATASET={ops!r} must be a dataset name that no personas_<space> can take")
-    for var, minimum in (("max_message_bytes", 1), ("max_columns_per_table", 50), ("ingest_deadline_seconds", 1)):
-        if getattr(settings, var) < minimum:
+    minimums = {
+        "max_message_bytes": 1,
+        "max_rejected_data_bytes": 0,
+        "max_columns_per_table": 50,
+        "ingest_deadline_seconds": 1,
+        "sync_overlap_seconds": 0,
+    }
+    for var, minimum in minimums.items():
+        value = getattr(settings, var)
+        if not math.isfinite(value) or value < minimum:
             raise ConfigError(f"{var.upper()} must be at least {minimum}")

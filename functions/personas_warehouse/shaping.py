@@ -64,6 +64,7 @@ class Discard:
     raw: Any
     reason: DiscardReason
     received_at: str
+    ordinal: int = field(default=0, compare=False)  # position among the row's discards: key paths can coincide
 
     def to_row(self, loaded_at: str) -> dict[str, Any]:
         return {
@@ -80,7 +81,9 @@ class Discard:
 
     @property
     def insert_id(self) -> str:
-        return hashlib.sha256(f"{self.table}\x1f{self.row_id}\x1f{self.key}".encode()).hexdigest()[:40]
+        return hashlib.sha256(f"{self.table}\x1f{self.row_id}\x1f{self.ordinal}\x1f{self.key}".encode()).hexdigest()[
+            :40
+        ]
 
 
 @dataclass
@@ -137,7 +140,10 @@ def event_time(routed: RoutedCall, received_at: datetime) -> datetime:
     if call.timestamp:
         return call.timestamp
     if call.sent_at and call.original_timestamp:
-        return received_at - (call.sent_at - call.original_timestamp)
+        try:
+            return received_at - (call.sent_at - call.original_timestamp)
+        except OverflowError:  # absurd client clocks: fall through to the uncorrected times
+            pass
     return call.original_timestamp or received_at
 
 
@@ -192,9 +198,11 @@ def plan_columns(
     return new
 
 
-def _discard(row: PendingRow, cell: Cell, column_type: str | None, reason: DiscardReason) -> Discard:
+def _discard(row: PendingRow, cell: Cell, column_type: str | None, reason: DiscardReason, ordinal: int) -> Discard:
     received_at = str(row.base["received_at"])
-    return Discard(row.space, row.table, cell.column, column_type, row.row_id, cell.key, cell.raw, reason, received_at)
+    return Discard(
+        row.space, row.table, cell.column, column_type, row.row_id, cell.key, cell.raw, reason, received_at, ordinal
+    )
 
 
 def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: SpaceConfig, loaded_at: str) -> Fitted:
@@ -203,21 +211,28 @@ def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: Space
     for row in rows:
         out = {k: v for k, v in row.base.items() if v is not None}
         out["loaded_at"] = loaded_at
+        first = len(fitted.discards)
         for cell in row.cells:
             if not space.column_enabled(row.table, cell.column):
                 continue
             column_type = schema.get(cell.column)
             if column_type is None:
-                fitted.discards.append(_discard(row, cell, None, DiscardReason.COLUMN_LIMIT))
+                fitted.discards.append(
+                    _discard(row, cell, None, DiscardReason.COLUMN_LIMIT, len(fitted.discards) - first)
+                )
                 continue
             value = values.convert(cell.raw, column_type)
             if value is values.NOT_CONVERTIBLE:
-                fitted.discards.append(_discard(row, cell, column_type, DiscardReason.TYPE_CONFLICT))
+                fitted.discards.append(
+                    _discard(row, cell, column_type, DiscardReason.TYPE_CONFLICT, len(fitted.discards) - first)
+                )
             else:
                 out[cell.column] = value
         for cell in row.collisions:
             if space.column_enabled(row.table, cell.column):
-                fitted.discards.append(_discard(row, cell, schema.get(cell.column), DiscardReason.NAME_COLLISION))
+                column_type = schema.get(cell.column)
+                ordinal = len(fitted.discards) - first
+                fitted.discards.append(_discard(row, cell, column_type, DiscardReason.NAME_COLLISION, ordinal))
         fitted.rows.append(out)
         fitted.insert_ids.append(row.insert_id)
     return fitted

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from schemas.tables import spec
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
-PROJECT = re.compile(r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]$")
-DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}\Z")
+PROJECT = re.compile(r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]\Z")
+DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
 CONTEXT_PREFIX = "context_"
 SINCE = "since"  # query parameter: lower bound on identifies.loaded_at (incremental runs)
 ORDER = "timestamp, received_at, id"

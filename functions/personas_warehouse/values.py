@@ -26,8 +26,9 @@ class _NotConvertible:
 NOT_CONVERTIBLE: Final = _NotConvertible()
 
 # ISO-8601 date-time with an explicit zone; anything else stays a STRING.
+# A fraction needs seconds: "10:00.5" would be a fraction of a minute in ISO-8601, not supported.
 _TIMESTAMP = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}(?::?\d{2})?)$"
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2}(?:\.(\d{1,9}))?)?)([Zz]|[+-]\d{2}(?::?\d{2})?)\Z"
 )
 
 
@@ -37,6 +38,7 @@ def parse_timestamp(text: str) -> datetime | None:
     if not match:
         return None
     date, clock, fraction, zone = match.groups()
+    clock = clock.split(".")[0]
     if len(clock) == 5:
         clock += ":00"
     zone = "+00:00" if zone in ("Z", "z") else zone
@@ -47,13 +49,13 @@ def parse_timestamp(text: str) -> datetime | None:
     micro = f".{(fraction or '0')[:6].ljust(6, '0')}"
     try:
         return datetime.fromisoformat(f"{date}T{clock}{micro}{zone}").astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # no such date, or outside years 1-9999 once in UTC
         return None
 
 
 def format_timestamp(moment: datetime) -> str:
     """The form written to TIMESTAMP columns: UTC, microseconds, `Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def json_text(value: Any) -> str:

@@ -343,11 +343,6 @@ def test_event_time(fields: dict[str, str], expected: datetime) -> None:
     assert only_row(call(**fields)).base["timestamp"] == values.format_timestamp(expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: shape raises OverflowError for calls decode accepted: a sentAt whose UTC time is past "
-    "year 9999, a clock-skew correction outside years 1..9999, or a trait timestamp past 9999 in UTC",
-)
 @pytest.mark.parametrize(
     "fields",
     [
@@ -362,10 +357,6 @@ def test_shape_never_raises_for_a_decoded_call(fields: dict[str, Any]) -> None:
         shape(item, received_at=PUBLISHED, insert_prefix="p")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: call timestamps before year 1000 are written unpadded ('999-05-01T...'), not valid TIMESTAMP text",
-)
 def test_base_timestamps_of_early_years_are_zero_padded() -> None:
     row = only_row(call(timestamp="0999-05-01T00:00:00Z"))
     assert row.base["timestamp"] == "0999-05-01T00:00:00.000000Z"
@@ -582,11 +573,6 @@ def test_discard_row_and_insert_id() -> None:
     assert fitted.discards == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Discard.insert_id hashes (table, row_id, key) only; a key containing '.' and a nested key give "
-    "the same key path, so two different lost values share one insertId and BigQuery's dedup drops one",
-)
 def test_discards_of_one_row_have_distinct_insert_ids() -> None:
     row = only_row(call(traits={"a.b": 1, "a": {"b": 2}, "a_b": 3}))
     assert [c.key for c in row.collisions] == ["traits.a.b", "traits.a.b"]

@@ -120,37 +120,20 @@ def test_not_timestamps_stay_strings(text: str) -> None:
     assert values.convert(text, TIMESTAMP) is NOT_CONVERTIBLE
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: `$` in _TIMESTAMP also matches before a trailing newline, so the newline is lost"
-)
 def test_timestamp_with_trailing_newline_stays_string() -> None:
     assert values.infer("2026-03-01T08:00:00Z\n") == (STRING, "2026-03-01T08:00:00Z\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 'HH:MM.f' (ISO fraction of a minute) is read as fractional seconds: 10:00.5 becomes 10:00:00.5",
-)
 def test_fraction_without_seconds_is_not_read_as_seconds() -> None:
     kind, natural = values.infer("2026-03-01T10:00.5Z")
     assert (kind, natural) in {(STRING, "2026-03-01T10:00.5Z"), (TIMESTAMP, "2026-03-01T10:00:30.000000Z")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_timestamp catches only ValueError; a valid timestamp whose UTC time falls outside "
-    "years 1..9999 raises OverflowError out of infer (and so out of shape)",
-)
 @pytest.mark.parametrize("text", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00"])
 def test_timestamp_out_of_range_after_utc_shift_does_not_raise(text: str) -> None:
     assert values.infer(text) == (STRING, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: format_timestamp uses strftime('%Y'), which does not zero-pad years < 1000 on Linux: "
-    "'0999-05-01T00:00:00Z' becomes '999-05-01T00:00:00.000000Z', which is not a valid TIMESTAMP",
-)
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

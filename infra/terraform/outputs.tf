@@ -1,0 +1,44 @@
+output "topic_id" {
+  description = "Topic to publish the Personas calls to."
+  value       = google_pubsub_topic.calls.id
+}
+
+output "ingest_url" {
+  description = "URL of the ingest function (private; the push subscription calls it)."
+  value       = google_cloudfunctions2_function.ingest.service_config[0].uri
+}
+
+output "sync_url" {
+  description = "URL of the sync function (private; POST with an identity token to run a sync by hand)."
+  value       = google_cloudfunctions2_function.sync.service_config[0].uri
+}
+
+output "ingest_subscription" {
+  description = "Push subscription that delivers the topic to the ingest function."
+  value       = google_pubsub_subscription.ingest.id
+}
+
+output "dead_letter_topic" {
+  description = "Topic receiving messages that failed max_delivery_attempts times."
+  value       = google_pubsub_topic.dead_letter.id
+}
+
+output "dead_letter_subscription" {
+  description = "Pull subscription holding dead-lettered messages for 7 days (inspect, then republish or ack)."
+  value       = google_pubsub_subscription.dead_letter.id
+}
+
+output "ops_dataset" {
+  description = "Operations dataset (rejected_messages, sync_history)."
+  value       = google_bigquery_dataset.ops.dataset_id
+}
+
+output "service_accounts" {
+  description = "Service accounts by role."
+  value = {
+    ingest    = google_service_account.ingest.email
+    sync      = google_service_account.sync.email
+    push      = google_service_account.push.email
+    scheduler = google_service_account.scheduler.email
+  }
+}

@@ -1,0 +1,67 @@
+resource "google_pubsub_topic" "calls" {
+  name = var.topic_name
+
+  depends_on = [google_project_service.apis]
+}
+
+# Messages that failed max_delivery_attempts times land here and wait for an operator.
+resource "google_pubsub_topic" "dead_letter" {
+  name = "${var.topic_name}-dead-letter"
+
+  depends_on = [google_project_service.apis]
+}
+
+# Without a subscription, messages published to the dead-letter topic would be dropped.
+resource "google_pubsub_subscription" "dead_letter" {
+  name  = "${var.topic_name}-dead-letter-hold"
+  topic = google_pubsub_topic.dead_letter.id
+
+  message_retention_duration = "604800s" # 7 days, the maximum for unacked messages
+  ack_deadline_seconds       = 60
+
+  expiration_policy {
+    ttl = "" # never expires, even when nobody pulls for 31 days
+  }
+}
+
+# An explicit push subscription instead of the function's event_trigger: an event_trigger makes
+# Eventarc create and own the subscription, so its dead-letter policy, retry backoff and ack
+# deadline are not ours to set (and would be reset on redeploy). Here we set all three. The
+# functions framework turns this raw Pub/Sub push body into a messagePublished CloudEvent; the
+# topic path in the URL makes the event's source name the topic.
+resource "google_pubsub_subscription" "ingest" {
+  name  = "${var.topic_name}-ingest"
+  topic = google_pubsub_topic.calls.id
+
+  ack_deadline_seconds       = local.ingest_ack_deadline_seconds
+  message_retention_duration = "604800s"
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.ingest.service_config[0].uri}/${google_pubsub_topic.calls.id}"
+
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = google_cloudfunctions2_function.ingest.service_config[0].uri
+    }
+  }
+
+  depends_on = [
+    google_cloud_run_service_iam_member.push_invokes_ingest,
+    google_pubsub_topic_iam_member.dead_letter_publisher,
+    google_pubsub_subscription.dead_letter,
+  ]
+}

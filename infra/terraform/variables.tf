@@ -1,0 +1,171 @@
+variable "project" {
+  description = "Google Cloud project id that hosts everything (functions, Pub/Sub, BigQuery)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the Cloud Functions and the Cloud Scheduler job."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "bigquery_location" {
+  description = "BigQuery location of the ops dataset and of the space datasets the functions create (BIGQUERY_LOCATION)."
+  type        = string
+  default     = "US"
+}
+
+variable "name_prefix" {
+  description = "Prefix of function, service account and scheduler job names."
+  type        = string
+  default     = "personas"
+
+  validation {
+    # Service account ids are 6-30 characters; the longest suffix used is "-scheduler" (10).
+    condition     = can(regex("^[a-z][a-z0-9-]{1,18}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 3-20 characters: lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "topic_name" {
+  description = "Pub/Sub topic that receives the Segment Personas calls."
+  type        = string
+  default     = "personas-calls"
+}
+
+variable "ops_dataset" {
+  description = "Operations dataset (rejected_messages, sync_history); passed to the functions as OPS_DATASET."
+  type        = string
+  default     = "personas__ops"
+
+  validation {
+    # Same rule as settings._check: a valid dataset name that no personas_<space slug> can take.
+    condition     = length(var.ops_dataset) <= 1024 && can(regex("^[A-Za-z0-9_]+$", var.ops_dataset)) && !can(regex("^personas_[a-z0-9][a-z0-9_]{0,99}$", var.ops_dataset))
+    error_message = "ops_dataset must be a BigQuery dataset name that is not personas_<space slug>."
+  }
+}
+
+variable "source_bucket" {
+  description = "Cloud Storage bucket holding the zipped function source (build/function, uploaded by Cloud Build)."
+  type        = string
+}
+
+variable "source_object" {
+  description = "Object name of the zipped function source in source_bucket. A new name per build redeploys both functions."
+  type        = string
+}
+
+variable "build_service_account" {
+  description = "Service account Cloud Build uses to build the functions, as projects/PROJECT/serviceAccounts/EMAIL. null: the platform default."
+  type        = string
+  default     = null
+}
+
+variable "personas_config" {
+  description = "PERSONAS_CONFIG: path of the spaces config file inside the deployed source (relative to its root). Empty: the source's personas.yaml if it ships one."
+  type        = string
+  default     = ""
+}
+
+variable "extra_environment_variables" {
+  description = "Further settings for both functions (DEFAULT_SPACE, MAX_MESSAGE_BYTES, ...). The variables this module manages win over these."
+  type        = map(string)
+  default     = {}
+}
+
+variable "ingest_timeout_seconds" {
+  description = "Timeout of the ingest function. The push subscription's ack deadline is kept above it."
+  type        = number
+  default     = 60
+
+  validation {
+    # Pub/Sub push ack deadlines stop at 600 s, and the ack deadline is the timeout + 30 s.
+    condition     = var.ingest_timeout_seconds >= 15 && var.ingest_timeout_seconds <= 570
+    error_message = "ingest_timeout_seconds must be between 15 and 570."
+  }
+}
+
+variable "ingest_deadline_margin_seconds" {
+  description = "INGEST_DEADLINE_SECONDS is ingest_timeout_seconds minus this: the code stops retrying BigQuery in time to answer."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.ingest_deadline_margin_seconds >= 5 && var.ingest_timeout_seconds - var.ingest_deadline_margin_seconds >= 5
+    error_message = "ingest_deadline_margin_seconds must be at least 5 and leave INGEST_DEADLINE_SECONDS at least 5."
+  }
+}
+
+variable "ingest_max_instances" {
+  description = "Upper bound on ingest instances (bounds the BigQuery write rate and the cost)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.ingest_max_instances >= 1
+    error_message = "ingest_max_instances must be at least 1."
+  }
+}
+
+variable "ingest_concurrency" {
+  description = "Concurrent requests per ingest instance (gen2). More than 1 needs at least 1 vCPU (ingest_cpu)."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.ingest_concurrency >= 1 && var.ingest_concurrency <= 1000
+    error_message = "ingest_concurrency must be between 1 and 1000."
+  }
+}
+
+variable "ingest_memory" {
+  description = "Memory of an ingest instance."
+  type        = string
+  default     = "512Mi"
+}
+
+variable "ingest_cpu" {
+  description = "vCPUs of an ingest instance (at least \"1\" when ingest_concurrency > 1)."
+  type        = string
+  default     = "1"
+}
+
+variable "sync_timeout_seconds" {
+  description = "Timeout of the sync function. The code gives a sync run 1500 s; the rest is margin to answer."
+  type        = number
+  default     = 1800
+
+  validation {
+    condition     = var.sync_timeout_seconds >= 1560 && var.sync_timeout_seconds <= 3600
+    error_message = "sync_timeout_seconds must be between 1560 (the code's 1500 s sync deadline plus margin) and 3600."
+  }
+}
+
+variable "sync_memory" {
+  description = "Memory of the sync instance."
+  type        = string
+  default     = "512Mi"
+}
+
+variable "sync_schedule" {
+  description = "Cron schedule of the users sync (Cloud Scheduler)."
+  type        = string
+  default     = "0 * * * *"
+}
+
+variable "sync_time_zone" {
+  description = "Time zone of sync_schedule."
+  type        = string
+  default     = "Etc/UTC"
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of one message before Pub/Sub moves it to the dead-letter topic."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
+  }
+}
