@@ -27,6 +27,8 @@ import google.auth.exceptions
 from google.cloud import pubsub_v1
 from tqdm import tqdm
 
+from schemas.calls import loads_strict
+
 DEFAULT_PROJECT = "personas-local"
 DEFAULT_TOPIC = "personas-calls"
 
@@ -105,17 +107,6 @@ class _Refused(ValueError):
     pass
 
 
-def _reject_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise _Refused(f"number {text} is out of range")
-    return value
-
-
 def encode_call(raw: str | bytes) -> bytes:
     """One line as compact UTF-8 JSON. Parses as strictly as the ingest function (no NaN, no Infinity),
     so JSON it would reject is refused here, with a line number, instead."""
@@ -124,11 +115,9 @@ def encode_call(raw: str | bytes) -> bytes:
     except UnicodeDecodeError as exc:
         raise _Refused(f"not valid UTF-8 (byte {exc.start + 1})") from None
     try:
-        call = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        call = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise _Refused(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    except _Refused:
-        raise
     except (ValueError, RecursionError) as exc:  # e.g. an integer over Python's digit limit, absurd nesting
         raise _Refused(f"not valid JSON ({exc})") from None
     if not isinstance(call, dict):

@@ -6,6 +6,7 @@ Unknown top-level fields (channel, version, writeKey, _metadata, ...) are ignore
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,25 @@ from typing import Any
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 CALL_TYPES = ("identify", "track")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses NaN, Infinity and numbers beyond float range (BigQuery cannot store
+    them, and they are not JSON). Raises ValueError (JSONDecodeError included) or RecursionError."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 MAX_ID_LENGTH = 1024
 MAX_EVENT_LENGTH = 1024
 

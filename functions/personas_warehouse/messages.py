@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +14,7 @@ from marshmallow import ValidationError
 from personas_warehouse import naming
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings
-from schemas.calls import CALL_SCHEMA, Call
+from schemas.calls import CALL_SCHEMA, Call, loads_strict
 
 SPACE_ATTRIBUTE = "space"
 # Fields of a Segment batch envelope that apply to every call lacking them.
@@ -43,17 +42,6 @@ class Decoded:
     calls: list[RoutedCall]
     rejections: list[Rejection]
     data: bytes = b""
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text} is out of range")
-    return value
 
 
 def error_paths(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -112,7 +100,7 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
         reason = f"{len(data)} bytes, over the limit of {settings.max_message_bytes}."
         return Decoded([], [Rejection(ErrorClass.OVERSIZED, {"data": [reason]})], data)
     try:
-        document = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+        document = loads_strict(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return Decoded([], [Rejection(ErrorClass.INVALID_JSON, {"data": [str(exc)]})], data)
     except RecursionError:
