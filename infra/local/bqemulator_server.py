@@ -1,9 +1,12 @@
-"""Start bqemulator with its schema-patch gap closed. Local stack only: product code never knows.
+"""Start bqemulator with its schema-update gaps closed. Local stack only: product code never knows.
 
-bqemulator's tables.patch/update changes its catalog but not its DuckDB storage, so the next insertAll
-after adding a column fails with HTTP 500 (see shared/notes/local-stack-facts.md). Real BigQuery
-applies both. Here every schema update that adds top-level columns also runs ALTER TABLE ADD COLUMN on
-the storage, which keeps the two consistent, then calls bqemulator's own update.
+1. bqemulator's tables.patch/update changes its catalog but not its DuckDB storage, so the next
+   insertAll after adding a column fails with HTTP 500 (see shared/notes/local-stack-facts.md). Here
+   every schema update that adds top-level columns also runs ALTER TABLE ADD COLUMN on the storage.
+2. bqemulator ignores the table etag (If-Match), so a writer holding a stale schema silently drops
+   the columns another writer just added from the catalog (storage keeps them, and rows land in the
+   wrong columns). Real BigQuery answers 412 to the stale etag and never drops columns on patch;
+   here an update that would drop a column gets that 412, which the product handles by re-reading.
 """
 
 from __future__ import annotations
@@ -14,8 +17,15 @@ from typing import Any
 from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
 from bqemulator.catalog.memory_repository import MemoryCatalogRepository
 from bqemulator.cli import main
+from bqemulator.domain.errors import DomainError
 from bqemulator.storage.sql_identifiers import quoted_table_ref
 from bqemulator.storage.type_map import bq_schema_to_duckdb_columns
+
+
+class PreconditionFailed(DomainError):
+    http_status = 412
+    bq_reason = "conditionNotMet"
+    grpc_status_name = "FAILED_PRECONDITION"
 
 
 def _also_alter_storage(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -24,6 +34,9 @@ def _also_alter_storage(original: Callable[[Any, Any], Any]) -> Callable[[Any, A
         engine = getattr(self, "_engine", None)
         if existing is not None and engine is not None and existing.table_type == "TABLE":
             known = {f.name.lower() for f in existing.schema_.fields}
+            dropped = known - {f.name.lower() for f in table.schema_.fields}
+            if dropped and table.schema_.fields:
+                raise PreconditionFailed(f"Precondition check failed: the schema changed (lacks {sorted(dropped)})")
             ref = quoted_table_ref(table.project_id, table.dataset_id, table.table_id)
             for field in table.schema_.fields:
                 if field.name.lower() in known:

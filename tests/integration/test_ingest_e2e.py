@@ -154,3 +154,28 @@ def test_space_from_context_space_id_and_selective_sync(
     assert row["kept"] is True and "secret_score" not in row
     wait_rows(bq, f"SELECT * FROM `{P}.personas_selective.tracks` WHERE id = 's2'", 1)
     assert "audience_exited" not in {t.table_id for t in bq.list_tables(f"{P}.personas_selective")}
+
+
+def test_concurrent_new_columns_keep_every_value_in_its_column(
+    stack: Stack, bq: bigquery.Client, publisher: object, space: str
+) -> None:
+    """Many instances (here: concurrent requests) add different columns to one table at once: each
+    value must land in its own column (caught a lost-update of the schema once)."""
+    from google.cloud import pubsub_v1
+
+    assert isinstance(publisher, pubsub_v1.PublisherClient)
+    topic = publisher.topic_path(stack.config.project, stack.config.topic)
+    names = [f"trait_{i}" for i in range(12)]
+    futures = [
+        publisher.publish(
+            topic, json.dumps(identify("u1", name, "2026-11-01T10:00:00Z", **{name: i})).encode(), space=space
+        )
+        for i, name in enumerate(names)
+    ]
+    for future in futures:
+        future.result(timeout=30)
+    rows = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.identifies`", len(names))
+    for row in rows:
+        assert {k: v for k, v in row.items() if k.startswith("trait_") and v is not None} == {
+            row["id"]: names.index(row["id"])
+        }
