@@ -46,6 +46,8 @@ def handle_cloud_event(event: Any) -> Outcome:
 def handle_sync_request(request: Any) -> tuple[dict[str, Any], int]:
     """POST (Cloud Scheduler) runs a sync. Body or query: {"full": true, "spaces": ["default"]}.
     Answers 200 when no space failed, else 500 with the same summary (so the scheduler shows it)."""
+    if request.method != "POST":  # a crawler or a browser must not start a sync
+        return {"error": "use POST"}, 405
     body = request.get_json(silent=True) or {}
     full = bool(body.get("full")) or request.args.get("full") in ("1", "true")
     spaces = body.get("spaces") or request.args.getlist("space") or None

@@ -155,3 +155,29 @@ def test_sync_without_spaces_finds_every_space_dataset(stack: Stack, bq: bigquer
         if d.dataset_id.startswith("personas_") and not d.dataset_id.startswith("personas__")
     }
     assert found == expected
+
+
+def test_overlapping_runs_leave_users_and_watermark_right(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(6):
+        publish(identify(f"u{i % 3}", f"o{i}", f"2026-11-01T10:0{i}:00Z", level=i), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 6)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: sync(stack, spaces=[space]), range(3)))
+    assert all(status == 200 for status, _ in results)
+    assert {u: r["level"] for u, r in users(bq, space).items()} == {"u0": 3, "u1": 4, "u2": 5}
+    publish(identify("u0", "o6", "2026-11-01T11:00:00Z", level=60), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 7)
+    _, after = sync(stack, spaces=[space])
+    marks = [r["spaces"][0]["watermark_to"] for _, r in results]
+    assert after["spaces"][0]["watermark_from"] == max(marks)
+    assert users(bq, space)["u0"]["level"] == 60 and len(users(bq, space)) == 3
+
+
+def test_only_post_runs_a_sync(stack: Stack) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(stack.config.sync_url, timeout=30)
+    assert refused.value.code == 405
