@@ -95,50 +95,7 @@ def _retryable_row_error(problem: dict[str, Any]) -> bool:
     return reason in _RETRYABLE_ROW_REASONS or _NO_SUCH_FIELD in str(problem.get("message", "")).lower()
 
 
-class _QueryMethods:
-    """Queries for the users sync (mixed into Warehouse)."""
-
-    client: bigquery.Client
-    project: str
-    _schemas: dict[tuple[str, str], Schema]
-
-    def space_slugs(self, deadline: Deadline) -> list[str]:
-        datasets = self.client.list_datasets(retry=deadline.retry(), timeout=deadline.budget(30))
-        return sorted(naming.space_of_dataset(d.dataset_id) for d in datasets if naming.is_space_dataset(d.dataset_id))
-
-    def existing_schema(self, dataset: str, table: str, deadline: Deadline) -> Schema | None:
-        """The table's current schema read fresh (the sync must see columns other instances added)."""
-        try:
-            found = self.client.get_table(
-                f"{self.project}.{dataset}.{table}", retry=deadline.retry(), timeout=deadline.budget(10)
-            )
-        except gexc.NotFound:
-            return None
-        self._schemas[(dataset, table)] = _schema_of(found)
-        return self._schemas[(dataset, table)]
-
-    def _job(self, sql: str, params: list[Any], deadline: Deadline) -> bigquery.QueryJob:
-        config = bigquery.QueryJobConfig(query_parameters=params)
-        for attempt in range(5):
-            job = self.client.query(sql, job_config=config, retry=deadline.retry(), timeout=deadline.budget(30))
-            try:
-                job.result(retry=deadline.retry(), timeout=deadline.budget(600))
-                return job
-            except gexc.BadRequest as exc:
-                # Two MERGEs on one table at once: BigQuery aborts one; it is safe to run it again.
-                if "concurrent update" not in str(exc).lower() or attempt == 4:
-                    raise
-                time.sleep(min(deadline.budget(8.0), 2.0 * 2**attempt * random.uniform(0.5, 1.5)))
-        raise AssertionError("unreachable")
-
-    def query(self, sql: str, params: list[Any], deadline: Deadline) -> list[dict[str, Any]]:
-        return [dict(row) for row in self._job(sql, params, deadline).result()]
-
-    def run_dml(self, sql: str, params: list[Any], deadline: Deadline) -> bigquery.QueryJob:
-        return self._job(sql, params, deadline)
-
-
-class Warehouse(_QueryMethods):
+class Warehouse:
     """Every BigQuery call of ingest and sync."""
 
     def __init__(self, client: bigquery.Client, *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -240,3 +197,38 @@ class Warehouse(_QueryMethods):
                 delay = min(delay * 2, 4.0)
             pending = retry_next
         return refused
+
+    # -- the users sync --------------------------------------------------------------------------
+
+    def space_slugs(self, deadline: Deadline) -> list[str]:
+        datasets = self.client.list_datasets(retry=deadline.retry(), timeout=deadline.budget(30))
+        return sorted(naming.space_of_dataset(d.dataset_id) for d in datasets if naming.is_space_dataset(d.dataset_id))
+
+    def existing_schema(self, dataset: str, table: str, deadline: Deadline) -> Schema | None:
+        """The table's current schema read fresh (the sync must see columns other instances added)."""
+        try:
+            found = self.client.get_table(
+                f"{self.project}.{dataset}.{table}", retry=deadline.retry(), timeout=deadline.budget(10)
+            )
+        except gexc.NotFound:
+            return None
+        self._schemas[(dataset, table)] = _schema_of(found)
+        return self._schemas[(dataset, table)]
+
+    def run(self, sql: str, params: list[Any], deadline: Deadline) -> bigquery.QueryJob:
+        """Run a query job to completion; a MERGE aborted by a concurrent one is run again."""
+        config = bigquery.QueryJobConfig(query_parameters=params)
+        for attempt in range(5):
+            job = self.client.query(sql, job_config=config, retry=deadline.retry(), timeout=deadline.budget(30))
+            try:
+                job.result(retry=deadline.retry(), timeout=deadline.budget(600))
+                return job
+            except gexc.BadRequest as exc:
+                # Two MERGEs on one table at once: BigQuery aborts one; it is safe to run it again.
+                if "concurrent update" not in str(exc).lower() or attempt == 4:
+                    raise
+                self._sleep(min(deadline.budget(8.0), 2.0 * 2**attempt * random.uniform(0.5, 1.5)))
+        raise AssertionError("unreachable")
+
+    def query(self, sql: str, params: list[Any], deadline: Deadline) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.run(sql, params, deadline).result()]

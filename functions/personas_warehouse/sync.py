@@ -103,7 +103,7 @@ def _sync_space(
     plan = plan_merge(warehouse.project, dataset, columns, incremental=since is not None)
     params = [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)] if since is not None else []
     [stats] = warehouse.query(plan.stats_sql, params, deadline)
-    job = warehouse.run_dml(plan.sql, params, deadline)
+    job = warehouse.run(plan.sql, params, deadline)
     affected = int(job.num_dml_affected_rows or 0)
     if job.dml_stats is not None:
         inserted = int(job.dml_stats.inserted_row_count or 0)
