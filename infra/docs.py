@@ -24,6 +24,7 @@ NAMING_EXAMPLES: list[tuple[str, str]] = [
     ("Audience Entered", "event"),
     ("Trait Computed", "event"),
     ("Identifies", "event"),
+    ("Page View", "event"),
     ("  e-mail address! ", "trait"),
     ("Café Crème", "trait"),
     ("180_day_value", "trait"),
@@ -65,6 +66,9 @@ def tables_section() -> str:
             extra.append("clustered by " + ", ".join(f"`{c}`" for c in table.clustering))
         if table.dynamic:
             extra.append("plus one column per trait / property / `context_*` field")
+        if table.dedup_view:
+            view = "<event>_view" if kind == "track_event" else f"{kind}_view"
+            extra.append(f"the view `{view}` keeps one row per `id`")
         out.append(f"#### `{kind}` ({where})\n\n{table.description} {'; '.join(extra).capitalize()}.\n")
         out.append("| column | type | meaning |\n|---|---|---|")
         out.extend(f"| `{c.name}` | {c.type} | {c.description} |" for c in table.columns)

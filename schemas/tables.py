@@ -30,6 +30,7 @@ class TableSpec:
     clustering: tuple[str, ...]
     description: str
     columns: tuple[Column, ...]
+    dedup_view: bool = False  # a <table>_view keeping one row per id (streaming dedup is best-effort)
 
     @property
     def column_names(self) -> frozenset[str]:
@@ -56,6 +57,7 @@ def table_specs() -> dict[str, TableSpec]:
             clustering=tuple(body["clustering"]),
             description=body["description"],
             columns=columns,
+            dedup_view=body.get("dedup_view", False),
         )
     return specs
 

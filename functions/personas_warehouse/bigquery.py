@@ -17,7 +17,7 @@ from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from personas_warehouse import naming
+from personas_warehouse import naming, sql
 from personas_warehouse.errors import TransientError
 from personas_warehouse.settings import Settings
 from schemas.tables import TableSpec
@@ -133,6 +133,11 @@ class Warehouse:
                 new.time_partitioning = bigquery.TimePartitioning(field=spec.partition_field)
             new.clustering_fields = list(spec.clustering) or None
             found = self.client.create_table(new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
+            if spec.dedup_view:
+                view = bigquery.Table(self.table_ref(dataset, naming.view_name(table)))
+                view.view_query = sql.dedup_view_sql(self.project, dataset, table)
+                view.description = f"{table} with one row per id."
+                self.client.create_table(view, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
         self._schemas[key] = _schema_of(found)
         return self._schemas[key]
 

@@ -21,6 +21,7 @@ MAX_TABLE_LENGTH = 1024
 # BigQuery refuses column names starting with these (case-insensitive).
 BIGQUERY_RESERVED_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colon_")
 SPACE_PREFIX = "personas_"
+VIEW_SUFFIX = "_view"  # <table>_view: the table with one row per id
 SPACE_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}\Z")
 SPACE_SLUG_RULE = "Not a safe space slug: 1 to 100 of a-z, 0-9 and _, not starting with _."
 DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
@@ -87,8 +88,15 @@ def column_name(
 
 
 def event_table_name(event: str, *, taken: frozenset[str]) -> str:
-    """Table of a track event: "Audience Entered" -> `audience_entered`; `taken` holds the fixed tables."""
-    return safe_name((event,), taken=taken, max_length=MAX_TABLE_LENGTH)
+    """Table of a track event: "Audience Entered" -> `audience_entered`; `taken` holds the fixed tables.
+    A name ending in `_view` gets a `_` prefix (`tracks_view` is the view of `tracks`), and names
+    leave room for the view suffix."""
+    name = safe_name((event,), taken=taken, max_length=MAX_TABLE_LENGTH - len(VIEW_SUFFIX))
+    return "_" + name if name.endswith(VIEW_SUFFIX) else name
+
+
+def view_name(table: str) -> str:
+    return table + VIEW_SUFFIX
 
 
 def is_space_slug(slug: str) -> bool:

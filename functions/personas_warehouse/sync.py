@@ -22,7 +22,7 @@ from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.logs import log
 from personas_warehouse.settings import Settings
-from personas_warehouse.users_sql import SINCE, plan_merge, table, trait_columns
+from personas_warehouse.sql import SINCE, plan_merge, table, trait_columns
 from schemas.tables import spec
 
 USERS, IDENTIFIES, SYNC_HISTORY = "users", "identifies", "sync_history"

@@ -179,3 +179,26 @@ def test_concurrent_new_columns_keep_every_value_in_its_column(
         assert {k: v for k, v in row.items() if k.startswith("trait_") and v is not None} == {
             row["id"]: names.index(row["id"])
         }
+
+
+def test_dedup_views_keep_one_row_per_id(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    call = identify("u1", "same-id", "2026-11-01T10:00:00Z", a=1)
+    publish(call, space=space)
+    publish(call, space=space)  # the source resent it: a new Pub/Sub message, the same messageId
+    publish(
+        {
+            "type": "track",
+            "userId": "u1",
+            "messageId": "t-same",
+            "event": "Audience Entered",
+            "properties": {"audience_key": "a", "a": True},
+        },
+        space=space,
+    )
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 2)
+    assert [r["id"] for r in query(bq, f"SELECT * FROM `{P}.personas_{space}.identifies_view`")] == ["same-id"]
+    [entered] = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.audience_entered_view`", 1)
+    assert entered["a"] is True
+    wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.tracks_view`", 1)

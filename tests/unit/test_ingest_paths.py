@@ -52,6 +52,9 @@ def test_identify_creates_dataset_table_and_trait_column(fake: FakeBigQuery, war
     [row] = fake.rows["personas-test.personas_default.identifies"]
     assert row["first_time_shopper"] is True
     assert row["received_at"] == "2026-11-01T12:00:00.000000Z"
+    view = fake.tables["personas-test.personas_default.identifies_view"]
+    assert "PARTITION BY id" in view.view_query
+    assert "`personas-test.personas_default.identifies`" in view.view_query
 
 
 def test_insert_ids_derive_from_the_pubsub_message(fake: FakeBigQuery, warehouse: Warehouse) -> None:

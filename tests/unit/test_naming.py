@@ -212,7 +212,7 @@ def test_cut_names_are_stable_under_the_rule() -> None:
         ("3D Secure Passed", "_3_d_secure_passed"),  # digit then capital splits, as in total_revenue180_days
         ("🎉", "_" + digest("🎉")),
         ("   ", "_" + digest("   ")),
-        ("x" * 1024, "x" * 1024),
+        ("x" * 1019, "x" * 1019),  # room is left for the `_view` suffix
     ],
 )
 def test_event_table_name(event: str, expected: str) -> None:
@@ -221,7 +221,7 @@ def test_event_table_name(event: str, expected: str) -> None:
 
 def test_event_table_name_long() -> None:
     event = "e" * 1100
-    assert naming.event_table_name(event, taken=FIXED_TABLES) == "e" * 1015 + "_" + digest(event)
+    assert naming.event_table_name(event, taken=FIXED_TABLES) == "e" * 1010 + "_" + digest(event)
 
 
 # --- space slugs and datasets ----------------------------------------------------------------------
@@ -369,3 +369,18 @@ def test_keys_whose_letters_have_no_ascii_form_never_share_a_column(first: str, 
 
 def test_accents_alone_keep_the_plain_name() -> None:
     assert naming.column_name(("Café Crème",)) == "cafe_creme"
+
+
+@pytest.mark.parametrize(
+    ("event", "table"),
+    [("Tracks View", "_tracks_view"), ("identifies_view", "_identifies_view"), ("Page View", "_page_view")],
+)
+def test_event_tables_never_take_a_view_name(event: str, table: str) -> None:
+    assert naming.event_table_name(event, taken=frozenset({"identifies", "tracks"})) == table
+
+
+@given(st.text(min_size=1, max_size=1200))
+def test_event_tables_leave_room_for_their_view(event: str) -> None:
+    name = naming.event_table_name(event, taken=frozenset())
+    assert len(naming.view_name(name)) <= naming.MAX_TABLE_LENGTH
+    assert not name.endswith(naming.VIEW_SUFFIX) or name.startswith("_")

@@ -1,4 +1,4 @@
-"""SQL text of the users sync, built in this one place. Pure: no I/O.
+"""All SQL text of the project, built in this one place: the users sync and the dedup views. Pure.
 
 Identifiers are validated here and backtick-quoted; values (watermarks, space) are always query
 parameters. The MERGE recomputes each changed user from their whole identify history, so an
@@ -90,3 +90,13 @@ def plan_merge(project: str, dataset: str, columns: list[str], *, incremental: b
         f"(SELECT COUNT(*) FROM {users}) AS users_before"
     )
     return MergePlan(sql, stats_sql, tuple(columns))
+
+
+def dedup_view_sql(project: str, dataset: str, name: str) -> str:
+    """One row per id (the first one loaded): BigQuery's insert-id dedup is best-effort, and Pub/Sub
+    delivers at least once. `*` is resolved when the view is queried, so new columns appear in it."""
+    source = table(project, dataset, name)
+    return (
+        f"SELECT * EXCEPT (_copy) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY loaded_at) AS _copy "
+        f"FROM {source}) WHERE _copy = 1"
+    )
