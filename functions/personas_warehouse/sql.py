@@ -100,3 +100,13 @@ def dedup_view_sql(project: str, dataset: str, name: str) -> str:
         f"SELECT * EXCEPT (_copy) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY loaded_at) AS _copy "
         f"FROM {source}) WHERE _copy = 1"
     )
+
+
+def last_watermark_sql(project: str, ops_dataset: str) -> str:
+    """Newest watermark of a space's successful (or partial) runs; the space is the @space parameter."""
+    history = table(project, ops_dataset, "sync_history")
+    return f"SELECT MAX(watermark_to) AS mark FROM {history} WHERE space = @space AND status IN ('success', 'partial')"
+
+
+def count_sql(project: str, dataset: str, name: str) -> str:
+    return f"SELECT COUNT(*) AS n FROM {table(project, dataset, name)}"

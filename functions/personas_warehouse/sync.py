@@ -22,7 +22,7 @@ from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.logs import log
 from personas_warehouse.settings import Settings
-from personas_warehouse.sql import SINCE, plan_merge, table, trait_columns
+from personas_warehouse.sql import SINCE, count_sql, last_watermark_sql, plan_merge, trait_columns
 from schemas.tables import spec
 
 USERS, IDENTIFIES, SYNC_HISTORY = "users", "identifies", "sync_history"
@@ -108,7 +108,7 @@ def _sync_space(
     if job.dml_stats is not None:
         inserted = int(job.dml_stats.inserted_row_count or 0)
     else:  # the emulator reports no dml_stats: count the new users instead
-        [after] = warehouse.query(f"SELECT COUNT(*) AS n FROM {table(warehouse.project, dataset, USERS)}", [], deadline)
+        [after] = warehouse.query(count_sql(warehouse.project, dataset, USERS), [], deadline)
         inserted = max(0, int(after["n"]) - int(stats["users_before"]))
     result.users_inserted, result.users_updated = inserted, max(0, affected - inserted)
     result.identify_rows_read = int(stats["identify_rows_read"] or 0)
@@ -123,9 +123,8 @@ def _since(warehouse: Warehouse, settings: Settings, slug: str, deadline: Deadli
     """The newest successful watermark minus the overlap; None (a full rebuild) when there is none."""
     if warehouse.existing_schema(settings.ops_dataset, SYNC_HISTORY, deadline) is None:
         return None
-    history = table(warehouse.project, settings.ops_dataset, SYNC_HISTORY)
     [row] = warehouse.query(
-        f"SELECT MAX(watermark_to) AS mark FROM {history} WHERE space = @space AND status IN ('success', 'partial')",
+        last_watermark_sql(warehouse.project, settings.ops_dataset),
         [bigquery.ScalarQueryParameter("space", "STRING", slug)],
         deadline,
     )
