@@ -181,3 +181,25 @@ def test_only_post_runs_a_sync(stack: Stack) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(stack.config.sync_url, timeout=30)
     assert refused.value.code == 405
+
+
+def test_a_users_column_of_another_type_makes_the_run_partial(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
+) -> None:
+    publish(identify("u1", "p1", "2026-11-01T10:00:00Z", score=5, kept=True), space=space)
+    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
+    bq.create_table(
+        bigquery.Table(
+            f"{P}.personas_{space}.users",
+            schema=[
+                bigquery.SchemaField("id", "STRING"),
+                bigquery.SchemaField("received_at", "TIMESTAMP"),
+                bigquery.SchemaField("score", "STRING"),  # identifies has INT64
+            ],
+        )
+    )
+    status, summary = sync(stack, spaces=[space])
+    [result] = summary["spaces"]
+    assert (status, result["status"]) == (200, "partial")
+    assert "score" in result["error"]
+    assert users(bq, space)["u1"]["kept"] is True and users(bq, space)["u1"]["score"] is None
