@@ -21,6 +21,7 @@ from personas_warehouse import naming
 from schemas.config import ALL_TABLES, CONFIG_SCHEMA
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "personas.yaml"
+BIGQUERY_MAX_COLUMNS = 10_000  # columns per table BigQuery allows
 
 
 class ConfigError(Exception):
@@ -138,3 +139,5 @@ def _check(settings: Settings) -> None:
         value = getattr(settings, var)
         if not math.isfinite(value) or value < minimum:
             raise ConfigError(f"{var.upper()} must be at least {minimum}")
+    if settings.max_columns_per_table > BIGQUERY_MAX_COLUMNS:
+        raise ConfigError(f"MAX_COLUMNS_PER_TABLE must be at most {BIGQUERY_MAX_COLUMNS}, BigQuery's limit")

@@ -50,33 +50,34 @@ def trait_columns(identifies: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+# BigQuery refuses a query text over 1,024K characters (1,048,576); stay clear of it.
+MAX_QUERY_CHARS = 1_000_000
+
+
 @dataclass(frozen=True)
 class MergePlan:
-    sql: str
+    """The MERGE statements of one space's sync (several when the columns do not fit in one query
+    text; each recomputes whole users, so running them one after another is safe and idempotent),
+    and the statistics query."""
+
+    statements: tuple[str, ...]
     stats_sql: str
-    columns: tuple[str, ...]
+    columns: tuple[tuple[str, ...], ...]  # the columns each statement writes
 
 
-def plan_merge(project: str, dataset: str, columns: list[str], *, incremental: bool) -> MergePlan:
-    """MERGE into users from identifies for `columns` (already filtered by selective sync)."""
-    identifies = table(project, dataset, "identifies")
-    users = table(project, dataset, "users")
+def _merge_sql(identifies: str, users: str, columns: list[str], *, incremental: bool) -> str:
     cols = [quote(c) for c in columns]
-    changed = f"SELECT DISTINCT user_id FROM {identifies} WHERE loaded_at >= @{SINCE} AND user_id IS NOT NULL"
-    scope = f"AND user_id IN ({changed})" if incremental else ""
-    history = (
-        f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
-        f"FROM {identifies} WHERE user_id IS NOT NULL {scope}) WHERE _copy = 1"
-    )
-    window = f"PARTITION BY user_id ORDER BY {ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING"
-    picks = "".join(f", LAST_VALUE({c} IGNORE NULLS) OVER ({window}) AS {c}" for c in cols)
+    history = _history_sql(identifies, incremental=incremental)
+    picks = "".join(f", LAST_VALUE({c} IGNORE NULLS) OVER _user AS {c}" for c in cols)
     latest = (
         f"SELECT user_id AS id, MAX(received_at) OVER (PARTITION BY user_id) AS received_at{picks}, "
         f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY timestamp DESC, received_at DESC, id DESC) AS _newest "
-        f"FROM ({history})"
+        f"FROM ({history}) "
+        f"WINDOW _user AS (PARTITION BY user_id ORDER BY {ORDER} "
+        f"ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
     )
     targets = ["`received_at`", *cols]
-    sql = (
+    return (
         f"MERGE {users} AS T\n"
         f"USING (SELECT * FROM ({latest}) WHERE _newest = 1) AS S\n"
         f"ON T.id = S.id\n"
@@ -84,12 +85,52 @@ def plan_merge(project: str, dataset: str, columns: list[str], *, incremental: b
         f"WHEN NOT MATCHED THEN INSERT (`id`, {', '.join(targets)}) "
         f"VALUES (S.id, {', '.join(f'S.{c}' for c in targets)})"
     )
+
+
+def _history_sql(identifies: str, *, incremental: bool) -> str:
+    """Every identify row of the users in scope, one copy per id."""
+    changed = f"SELECT DISTINCT user_id FROM {identifies} WHERE loaded_at >= @{SINCE} AND user_id IS NOT NULL"
+    scope = f"AND user_id IN ({changed})" if incremental else ""
+    return (
+        f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
+        f"FROM {identifies} WHERE user_id IS NOT NULL {scope}) WHERE _copy = 1"
+    )
+
+
+def _chunks(columns: list[str], cost: dict[str, int], room: int) -> list[list[str]]:
+    """Columns packed in order into groups whose added text fits in `room` characters."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for column in columns:
+        if groups[-1] and used + cost[column] > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(column)
+        used += cost[column]
+    return groups
+
+
+def plan_merge(
+    project: str, dataset: str, columns: list[str], *, incremental: bool, max_chars: int | None = None
+) -> MergePlan:
+    """MERGEs into users from identifies for `columns` (already filtered by selective sync), split so
+    that no query text exceeds `max_chars`. The text grows linearly with the columns, so each
+    column's share is measured once and the columns are packed greedily."""
+    max_chars = max_chars or MAX_QUERY_CHARS
+    identifies = table(project, dataset, "identifies")
+    users = table(project, dataset, "users")
+    bare = len(_merge_sql(identifies, users, [], incremental=incremental))
+    cost = {c: len(_merge_sql(identifies, users, [c], incremental=incremental)) - bare for c in columns}
+    if bare + max(cost.values(), default=0) > max_chars:
+        raise ValueError(f"a MERGE of one column does not fit in {max_chars} characters")
+    groups = _chunks(columns, cost, max_chars - bare)
+    statements = tuple(_merge_sql(identifies, users, group, incremental=incremental) for group in groups)
     stats_sql = (
         f"SELECT (SELECT MAX(loaded_at) FROM {identifies}) AS watermark_to, "
-        f"(SELECT COUNT(*) FROM ({history})) AS identify_rows_read, "
+        f"(SELECT COUNT(*) FROM ({_history_sql(identifies, incremental=incremental)})) AS identify_rows_read, "
         f"(SELECT COUNT(*) FROM {users}) AS users_before"
     )
-    return MergePlan(sql, stats_sql, tuple(columns))
+    return MergePlan(statements, stats_sql, tuple(tuple(g) for g in groups))
 
 
 def dedup_view_sql(project: str, dataset: str, name: str) -> str:

@@ -103,7 +103,8 @@ def _sync_space(
     plan = plan_merge(warehouse.project, dataset, columns, incremental=since is not None)
     params = [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)] if since is not None else []
     [stats] = warehouse.query(plan.stats_sql, params, deadline)
-    job = warehouse.run(plan.sql, params, deadline)
+    jobs = [warehouse.run(statement, params, deadline) for statement in plan.statements]
+    job = jobs[0]  # it inserted the new users; the others (only very wide tables have any) matched them
     affected = int(job.num_dml_affected_rows or 0)
     if job.dml_stats is not None:
         inserted = int(job.dml_stats.inserted_row_count or 0)

@@ -12,6 +12,7 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from google.cloud import bigquery
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from infra.local.stack import Stack
+from personas_warehouse import sql
 from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
@@ -68,14 +70,32 @@ OUT_OF_ORDER = [
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
-@example(calls=OUT_OF_ORDER, duplicates=[0], chunks=3, order=random.Random(0)).via("out of order")
+@example(calls=OUT_OF_ORDER, duplicates=[0], chunks=3, order=random.Random(0), narrow=True).via("out of order")
 @given(
     calls=calls,
     duplicates=st.lists(st.integers(0, 11), max_size=4),
     chunks=st.integers(1, 3),
     order=st.randoms(use_true_random=False),
+    narrow=st.booleans(),
 )
 def test_incremental_sync_equals_full_rebuild(
+    stack: Stack,
+    bq: bigquery.Client,
+    calls: list[dict[str, Any]],
+    duplicates: list[int],
+    chunks: int,
+    order: Any,
+    narrow: bool,
+) -> None:
+    """`narrow` shrinks the query-length limit so that every column gets a MERGE of its own, as the
+    widest tables do at BigQuery's 1,024K-character limit."""
+    one_column = sql.plan_merge(stack.config.project, "personas_prop_0_000000", ["x"], incremental=True)
+    limit = len(one_column.statements[0]) + 10 if narrow else sql.MAX_QUERY_CHARS
+    with mock.patch.object(sql, "MAX_QUERY_CHARS", limit):
+        _check_incremental_equals_full(stack, bq, calls, duplicates, chunks, order)
+
+
+def _check_incremental_equals_full(
     stack: Stack, bq: bigquery.Client, calls: list[dict[str, Any]], duplicates: list[int], chunks: int, order: Any
 ) -> None:
     space = f"prop_{next(_spaces)}_{abs(hash(str(calls))) % 10**6}"
