@@ -211,14 +211,20 @@ class Warehouse:
 
     def existing_schema(self, dataset: str, table: str, deadline: Deadline) -> Schema | None:
         """The table's current schema read fresh (the sync must see columns other instances added)."""
+        found = self.describe(dataset, table, deadline)
+        if found is None:
+            return None
+        self._schemas[(dataset, table)] = found[1]
+        return found[1]
+
+    def describe(self, dataset: str, table: str, deadline: Deadline) -> tuple[str, Schema] | None:
+        """(TABLE or VIEW, schema) of a table or view read fresh; None when there is none."""
         try:
-            found = self.client.get_table(
-                f"{self.project}.{dataset}.{table}", retry=deadline.retry(), timeout=deadline.budget(10)
-            )
+            ref = self.table_ref(dataset, table)
+            found = self.client.get_table(ref, retry=deadline.retry(), timeout=deadline.budget(10))
         except gexc.NotFound:
             return None
-        self._schemas[(dataset, table)] = _schema_of(found)
-        return self._schemas[(dataset, table)]
+        return str(found.table_type or "TABLE"), _schema_of(found)
 
     def run(self, sql: str, params: list[Any], deadline: Deadline) -> bigquery.QueryJob:
         """Run a query job to completion; a MERGE aborted by a concurrent one is run again."""

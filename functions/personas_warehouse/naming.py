@@ -22,6 +22,7 @@ MAX_TABLE_LENGTH = 1024
 BIGQUERY_RESERVED_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__root__", "_colon_")
 SPACE_PREFIX = "personas_"
 VIEW_SUFFIX = "_view"  # <table>_view: the table with one row per id
+ASOF_PREFIX = "_asof_"  # users_state: per users column, the order key of the call its value came from
 SPACE_SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}\Z")
 SPACE_SLUG_RULE = "Not a safe space slug: 1 to 100 of a-z, 0-9 and _, not starting with _."
 DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
@@ -97,6 +98,12 @@ def event_table_name(event: str, *, taken: frozenset[str]) -> str:
 
 def view_name(table: str) -> str:
     return table + VIEW_SUFFIX
+
+
+def asof_column(column: str) -> str:
+    """The hidden as-of column users_state keeps beside a users column. A hash, so that every
+    300-character name has one; trait names never start with `_asof_` (the rule strips leading `_`)."""
+    return ASOF_PREFIX + hashlib.sha256(column.encode("utf-8")).hexdigest()[:16]
 
 
 def is_space_slug(slug: str) -> bool:

@@ -22,7 +22,7 @@ from schemas.tables import spec
 
 IDENTIFIES, TRACKS, TRACK_EVENT, DISCARDS = "identifies", "tracks", "track_event", "discards"
 # Fixed tables of a space dataset: an event whose name lands on one of them gets a `_` prefix.
-FIXED_TABLES = frozenset({IDENTIFIES, TRACKS, DISCARDS, "users"})
+FIXED_TABLES = frozenset({IDENTIFIES, TRACKS, DISCARDS, "users", "users_state"})
 CONTEXT_PREFIX = "context_"
 MAX_DEPTH = 8  # deeper objects are stored as JSON text at this depth
 

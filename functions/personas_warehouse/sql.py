@@ -1,26 +1,41 @@
-"""All SQL text of the project, built in this one place: the users sync and the dedup views. Pure.
+"""All SQL text of the project, built in this one place: the users sync and the views. Pure.
 
-Identifiers are validated here and backtick-quoted; values (watermarks, space) are always query
-parameters. The MERGE recomputes each changed user from their whole identify history, so an
-incremental run equals a full rebuild: per column the newest non-null value ordered by the call's
-timestamp (ties: received_at, then id), duplicates of one id counted once, rows without user_id never
-read.
+Identifiers are validated here and backtick-quoted; values (watermarks, user ids, space) are always
+query parameters.
+
+The users sync keeps `users_state`: per user, every synced column's value and, beside it, the order
+key of the call that value came from (its as-of). `users` is a view of it without those. Per column
+the value is the newest non-null one ordered by the call's timestamp, ties by received_at, then id;
+duplicates of one id count once (the first copy received); rows without user_id are never read.
+
+- A fold reads only the identify rows loaded since the last run (identifies is partitioned and
+  clustered by loaded_at) and keeps, per column, whichever of the stored value and the newest new
+  one has the larger key. Folding a row twice changes nothing, so runs may overlap and re-read.
+- Where a key alone cannot decide (a new value whose timestamp equals the stored one's, from another
+  call: a genuinely newer call, or a late copy of an older one), the fold flags the user instead, and
+  a rebuild recomputes flagged users from their whole history. Full runs and columns new to
+  users_state are rebuilt the same way, so a rebuild is the definition and a fold its shortcut.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from personas_warehouse import naming
 from schemas.tables import spec
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}\Z")
 PROJECT = re.compile(r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]\Z")
 DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
 CONTEXT_PREFIX = "context_"
-SINCE = "since"  # query parameter: lower bound on identifies.loaded_at (incremental runs)
-ORDER = "timestamp, received_at, id"
+IDENTIFIES, USERS, USERS_STATE = "identifies", "users", "users_state"
+ROW_ASOF, REBUILD = "_asof", "_rebuild"  # users_state: key of the user's newest call; needs a rebuild
+# Query parameters.
+SINCE = "since"  # TIMESTAMP: the fold reads identify rows loaded at or after it
+TOUCHED = "touched"  # ARRAY<STRING>: the user ids those rows carry, to read only their users_state rows
+REBUILD_USERS = "rebuild_users"  # ARRAY<STRING>: the users a rebuild recomputes (absent: every user)
 
 
 class UnsafeIdentifier(ValueError):
@@ -42,7 +57,7 @@ def table(project: str, dataset: str, name: str) -> str:
 
 def trait_columns(identifies: Mapping[str, str]) -> dict[str, str]:
     """Columns of identifies that hold traits and audiences: not base columns, not context_*."""
-    base = spec("identifies").column_names
+    base = spec(IDENTIFIES).column_names
     return {
         name: kind
         for name, kind in identifies.items()
@@ -50,87 +65,166 @@ def trait_columns(identifies: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+# -- the users sync -------------------------------------------------------------------------------
+
 # BigQuery refuses a query text over 1,024K characters (1,048,576); stay clear of it.
 MAX_QUERY_CHARS = 1_000_000
+# A call's order key: timestamp, received_at (each as 18 digits of microseconds since year 1, so
+# that text order is time order), then id. One string, so one comparison decides.
+_KEY_DIGITS = 18
+_MICROS_BEFORE_1970 = 62_135_596_800_000_000
+
+
+def _micros(column: str) -> str:
+    return f"LPAD(CAST(UNIX_MICROS({column}) + {_MICROS_BEFORE_1970} AS STRING), {_KEY_DIGITS}, '0')"
+
+
+KEY = f"CONCAT({_micros('timestamp')}, {_micros('received_at')}, id)"
+_ID_AT = 2 * _KEY_DIGITS + 1  # where the id starts in a key (SUBSTR counts from 1)
 
 
 @dataclass(frozen=True)
-class MergePlan:
-    """The MERGE statements of one space's sync (several when the columns do not fit in one query
-    text; each recomputes whole users, so running them one after another is safe and idempotent),
-    and the statistics query."""
+class Synced:
+    """A users column and the as-of column users_state keeps beside it."""
 
-    statements: tuple[str, ...]
-    stats_sql: str
-    columns: tuple[tuple[str, ...], ...]  # the columns each statement writes
+    column: str
+    asof: str
 
 
-def _merge_sql(identifies: str, users: str, columns: list[str], *, incremental: bool) -> str:
-    cols = [quote(c) for c in columns]
-    history = _history_sql(identifies, incremental=incremental)
-    picks = "".join(f", LAST_VALUE({c} IGNORE NULLS) OVER _user AS {c}" for c in cols)
-    latest = (
-        f"SELECT user_id AS id, MAX(received_at) OVER (PARTITION BY user_id) AS received_at{picks}, "
-        f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY timestamp DESC, received_at DESC, id DESC) AS _newest "
-        f"FROM ({history}) "
-        f"WINDOW _user AS (PARTITION BY user_id ORDER BY {ORDER} "
-        f"ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
-    )
-    targets = ["`received_at`", *cols]
+ROW = Synced("received_at", ROW_ASOF)  # every call has one: its as-of is the key of the user's newest call
+
+
+def synced(columns: Sequence[str]) -> list[Synced]:
+    return [Synced(c, naming.asof_column(c)) for c in columns]
+
+
+def _rows(identifies: str, scope: str) -> str:
+    """Identify rows that have a user_id, with their order key; one copy per id, the first received."""
     return (
-        f"MERGE {users} AS T\n"
-        f"USING (SELECT * FROM ({latest}) WHERE _newest = 1) AS S\n"
-        f"ON T.id = S.id\n"
-        f"WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in targets)}\n"
-        f"WHEN NOT MATCHED THEN INSERT (`id`, {', '.join(targets)}) "
-        f"VALUES (S.id, {', '.join(f'S.{c}' for c in targets)})"
+        f"SELECT * FROM (SELECT *, {KEY} AS _key, "
+        f"ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
+        f"FROM {identifies} WHERE user_id IS NOT NULL{scope}) WHERE _copy = 1"
     )
 
 
-def _history_sql(identifies: str, *, incremental: bool) -> str:
-    """Every identify row of the users in scope, one copy per id."""
-    changed = f"SELECT DISTINCT user_id FROM {identifies} WHERE loaded_at >= @{SINCE} AND user_id IS NOT NULL"
-    scope = f"AND user_id IN ({changed})" if incremental else ""
+def _newest(rows: str, cols: Sequence[Synced]) -> str:
+    """One row per user: per column the newest non-null value of `rows` and the key it came from."""
+    picks = "".join(
+        f", LAST_VALUE({quote(c.column)} IGNORE NULLS) OVER _user AS {quote(c.column)}"
+        f", LAST_VALUE(IF({quote(c.column)} IS NULL, NULL, _key) IGNORE NULLS) OVER _user AS {quote(c.asof)}"
+        for c in cols
+    )
     return (
-        f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
-        f"FROM {identifies} WHERE user_id IS NOT NULL {scope}) WHERE _copy = 1"
+        f"SELECT * FROM (SELECT user_id AS id{picks}, "
+        f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY _key DESC) AS _newest FROM ({rows}) "
+        f"WINDOW _user AS (PARTITION BY user_id ORDER BY _key ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+        f") WHERE _newest = 1"
     )
 
 
-def _chunks(columns: list[str], cost: dict[str, int], room: int) -> list[list[str]]:
-    """Columns packed in order into groups whose added text fits in `room` characters."""
-    groups: list[list[str]] = [[]]
-    used = 0
-    for column in columns:
-        if groups[-1] and used + cost[column] > room:
+def _insert(cols: Sequence[Synced]) -> str:
+    names = [n for c in cols for n in (quote(c.column), quote(c.asof))]
+    return (
+        f"WHEN NOT MATCHED THEN INSERT (`id`, {''.join(f'{n}, ' for n in names)}{quote(REBUILD)}) "
+        f"VALUES (_new.id, {''.join(f'_new.{n}, ' for n in names)}FALSE)"
+    )
+
+
+def _id(key: str) -> str:
+    return f"SUBSTR({key}, {_ID_AT})"
+
+
+def fold_sql(project: str, dataset: str, cols: Sequence[Synced], *, prune: bool) -> str:
+    """Fold the identify rows loaded since @since into users_state for `cols`. Per column the new
+    value wins when its key is larger and it comes from another call (a copy of the call the value
+    already came from only keeps the smaller key: the first copy counts). A larger key with the same
+    timestamp from another call may be a late copy of an older call: the user is flagged instead.
+    With `prune`, only the users_state rows of @touched are read (users_state is clustered by id)."""
+    state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
+    source = _newest(_rows(identifies, f" AND loaded_at >= @{SINCE}"), cols)
+    ambiguous, sets = [], []
+    for c in cols:
+        col, asof = quote(c.column), quote(c.asof)
+        new, old = f"_new.{asof}", f"_old.{asof}"
+        newer = f"{new} > COALESCE({old}, '') AND {_id(new)} != COALESCE({_id(old)}, '')"
+        same_time = f"LEFT({new}, {_KEY_DIGITS}) = LEFT({old}, {_KEY_DIGITS})"
+        ambiguous.append(f"{same_time} AND {new} > {old} AND {_id(new)} != {_id(old)}")
+        sets.append(f"{col} = IF({newer}, _new.{col}, _old.{col})")
+        sets.append(f"{asof} = IF({newer}, {new}, IF({_id(new)} = {_id(old)}, LEAST({new}, {old}), {old}))")
+    on = "_old.id = _new.id" + (f" AND _old.id IN UNNEST(@{TOUCHED})" if prune else "")
+    return (
+        f"MERGE {state} AS _old\n"
+        f"USING ({source}) AS _new\n"
+        f"ON {on}\n"
+        f"WHEN MATCHED AND ({' OR '.join(f'({a})' for a in ambiguous)}) THEN UPDATE SET {quote(REBUILD)} = TRUE\n"
+        f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)}\n"
+        f"{_insert(cols)}"
+    )
+
+
+def rebuild_sql(project: str, dataset: str, cols: Sequence[Synced], *, listed: bool, clear_flag: bool) -> str:
+    """Recompute `cols` from the whole identify history: of every user, or (`listed`) of the users in
+    @rebuild_users. `clear_flag` (the last statement of a rebuild) clears their rebuild flag."""
+    state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
+    scope = f" AND user_id IN UNNEST(@{REBUILD_USERS})" if listed else ""
+    source = _newest(_rows(identifies, scope), cols)
+    sets = [f"{n} = _new.{n}" for c in cols for n in (quote(c.column), quote(c.asof))]
+    if clear_flag:
+        sets.append(f"{quote(REBUILD)} = FALSE")
+    on = "_old.id = _new.id" + (f" AND _old.id IN UNNEST(@{REBUILD_USERS})" if listed else "")
+    return (
+        f"MERGE {state} AS _old\n"
+        f"USING ({source}) AS _new\n"
+        f"ON {on}\n"
+        f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)}\n"
+        f"{_insert(cols)}"
+    )
+
+
+def split(
+    build: Callable[[Sequence[Synced], bool], str], cols: Sequence[Synced], max_chars: int | None = None
+) -> list[str]:
+    """The statements `build(columns, last)` makes for `cols`, as few as fit in `max_chars` each
+    (BigQuery's query-length limit). Each writes whole columns, so running them one after another
+    is the same as one statement; `last` marks the statement that finishes the work."""
+    limit = max_chars or MAX_QUERY_CHARS
+    bare = len(build([], True))
+    groups: list[list[Synced]] = [[]]
+    used = bare
+    for c in cols:
+        cost = len(build([c], True)) - bare + 8  # + separators
+        if bare + cost > limit:
+            raise ValueError(f"a statement for column {c.column!r} alone does not fit in {limit} characters")
+        if groups[-1] and used + cost > limit:
             groups.append([])
-            used = 0
-        groups[-1].append(column)
-        used += cost[column]
-    return groups
+            used = bare
+        groups[-1].append(c)
+        used += cost
+    return [build(group, i == len(groups) - 1) for i, group in enumerate(groups)]
 
 
-def plan_merge(
-    project: str, dataset: str, columns: list[str], *, incremental: bool, max_chars: int | None = None
-) -> MergePlan:
-    """MERGEs into users from identifies for `columns` (already filtered by selective sync), split so
-    that no query text exceeds `max_chars`. The text grows linearly with the columns, so each
-    column's share is measured once and the columns are packed greedily."""
-    max_chars = max_chars or MAX_QUERY_CHARS
-    identifies = table(project, dataset, "identifies")
-    users = table(project, dataset, "users")
-    bare = len(_merge_sql(identifies, users, [], incremental=incremental))
-    cost = {c: len(_merge_sql(identifies, users, [c], incremental=incremental)) - bare for c in columns}
-    if bare + max(cost.values(), default=0) > max_chars:
-        raise ValueError(f"a MERGE of one column does not fit in {max_chars} characters")
-    groups = _chunks(columns, cost, max_chars - bare)
-    statements = tuple(_merge_sql(identifies, users, group, incremental=incremental) for group in groups)
-    stats_sql = (
-        f"SELECT (SELECT MAX(loaded_at) FROM {identifies}) AS watermark_to, "
-        f"(SELECT COUNT(*) FROM ({_history_sql(identifies, incremental=incremental)})) AS identify_rows_read, "
-        f"(SELECT COUNT(*) FROM {users}) AS users_before"
+def window_sql(project: str, dataset: str, *, since: bool) -> str:
+    """The identify rows a run reads (with user_id; loaded since @since unless it is a full run):
+    how many, the newest loaded_at (the next run's watermark) and, for a fold, their user ids."""
+    identifies = table(project, dataset, IDENTIFIES)
+    users = ", ARRAY_AGG(DISTINCT user_id) AS touched" if since else ""
+    scope = f" AND loaded_at >= @{SINCE}" if since else ""
+    return (
+        f"SELECT COUNT(*) AS rows_read, MAX(loaded_at) AS watermark_to{users} "
+        f"FROM {identifies} WHERE user_id IS NOT NULL{scope}"
     )
-    return MergePlan(statements, stats_sql, tuple(tuple(g) for g in groups))
+
+
+def flagged_sql(project: str, dataset: str) -> str:
+    """Users a fold flagged for a rebuild (few; read as one BOOL column)."""
+    return f"SELECT ARRAY_AGG(id) AS ids FROM {table(project, dataset, USERS_STATE)} WHERE {quote(REBUILD)}"
+
+
+def users_view_sql(project: str, dataset: str, hidden: Sequence[str]) -> str:
+    """`users`: users_state without its as-of columns and flag. `*` is resolved when the view is
+    queried, so new trait columns appear at once; new hidden columns need the view made again."""
+    users, state = table(project, dataset, USERS), table(project, dataset, USERS_STATE)
+    return f"CREATE OR REPLACE VIEW {users} AS SELECT * EXCEPT ({', '.join(quote(h) for h in hidden)}) FROM {state}"
 
 
 def dedup_view_sql(project: str, dataset: str, name: str) -> str:
@@ -147,7 +241,3 @@ def last_watermark_sql(project: str, ops_dataset: str) -> str:
     """Newest watermark of a space's successful (or partial) runs; the space is the @space parameter."""
     history = table(project, ops_dataset, "sync_history")
     return f"SELECT MAX(watermark_to) AS mark FROM {history} WHERE space = @space AND status IN ('success', 'partial')"
-
-
-def count_sql(project: str, dataset: str, name: str) -> str:
-    return f"SELECT COUNT(*) AS n FROM {table(project, dataset, name)}"

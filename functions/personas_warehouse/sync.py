@@ -22,11 +22,34 @@ from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.logs import log
 from personas_warehouse.settings import Settings
-from personas_warehouse.sql import SINCE, count_sql, last_watermark_sql, plan_merge, trait_columns
+from personas_warehouse.sql import (
+    IDENTIFIES,
+    REBUILD,
+    REBUILD_USERS,
+    ROW,
+    ROW_ASOF,
+    SINCE,
+    TOUCHED,
+    USERS,
+    USERS_STATE,
+    Synced,
+    flagged_sql,
+    fold_sql,
+    last_watermark_sql,
+    rebuild_sql,
+    split,
+    synced,
+    trait_columns,
+    users_view_sql,
+    window_sql,
+)
 from schemas.tables import spec
 
-USERS, IDENTIFIES, SYNC_HISTORY = "users", "identifies", "sync_history"
+SYNC_HISTORY = "sync_history"
 SUCCESS, PARTIAL, FAILURE, SKIPPED = "success", "partial", "failure", "skipped"
+# User ids passed to a MERGE as a query parameter, so that it reads only their rows; beyond this
+# many (a backlog), it reads every row of users_state instead.
+MAX_LISTED_USERS = 10_000
 
 
 @dataclass
@@ -42,6 +65,7 @@ class SpaceResult:
     error: str | None = None
     started_at: str = ""
     finished_at: str = ""
+    users_rebuilt: int = 0  # users recomputed from their whole history (logged; not a history column)
 
 
 def run_sync(
@@ -74,6 +98,7 @@ def run_sync(
             outcome=result.status,
             users_inserted=result.users_inserted,
             users_updated=result.users_updated,
+            users_rebuilt=result.users_rebuilt,
             error=result.error,
         )
     _record(warehouse, settings, run_id, results, deadline)
@@ -93,31 +118,84 @@ def _sync_space(
         result.status, result.error = SKIPPED, "no identifies table yet"
         return
     wanted = {n: t for n, t in trait_columns(identifies).items() if config.column_enabled(USERS, n)}
-    users = warehouse.ensure_table(dataset, USERS, spec(USERS), deadline)
-    missing = {n: t for n, t in wanted.items() if n not in users}
+    state = warehouse.ensure_table(dataset, USERS_STATE, spec(USERS_STATE), deadline)
+    missing = {n: t for n, t in wanted.items() if n not in state}
     if missing:
-        users = warehouse.add_columns(dataset, USERS, missing, deadline)
-    clashing = sorted(n for n, t in wanted.items() if users.get(n) != t)
-    columns = [n for n in wanted if n not in clashing]
+        hidden = {naming.asof_column(n): values.STRING for n in missing}
+        state = warehouse.add_columns(dataset, USERS_STATE, {**missing, **hidden}, deadline)
+    _ensure_users_view(warehouse, dataset, state, remake=bool(missing), deadline=deadline)
+    clashing = sorted(n for n, t in wanted.items() if state.get(n) != t)
+    columns = [ROW, *synced([n for n in wanted if n not in clashing])]
     since = None if full else _since(warehouse, settings, slug, deadline)
-    plan = plan_merge(warehouse.project, dataset, columns, incremental=since is not None)
-    params = [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)] if since is not None else []
-    [stats] = warehouse.query(plan.stats_sql, params, deadline)
-    jobs = [warehouse.run(statement, params, deadline) for statement in plan.statements]
-    job = jobs[0]  # it inserted the new users; the others (only very wide tables have any) matched them
-    affected = int(job.num_dml_affected_rows or 0)
-    if job.dml_stats is not None:
-        inserted = int(job.dml_stats.inserted_row_count or 0)
-    else:  # the emulator reports no dml_stats: count the new users instead
-        [after] = warehouse.query(count_sql(warehouse.project, dataset, USERS), [], deadline)
-        inserted = max(0, int(after["n"]) - int(stats["users_before"]))
-    result.users_inserted, result.users_updated = inserted, max(0, affected - inserted)
-    result.identify_rows_read = int(stats["identify_rows_read"] or 0)
+    run = _Statements(warehouse, dataset, deadline)
+    if since is None:  # the first run, or --full: every user from the whole history
+        [window] = run.query(window_sql(*run.where, since=False))
+        run.all(columns, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=last))
+    else:
+        after = [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)]
+        [window] = run.query(window_sql(*run.where, since=True), after)
+        touched = list(window["touched"] or [])
+        if touched:
+            prune = len(touched) <= MAX_LISTED_USERS
+            listed = [bigquery.ArrayQueryParameter(TOUCHED, "STRING", touched)] if prune else []
+            run.all(columns, lambda cols, last: fold_sql(*run.where, cols, prune=prune), [*after, *listed])
+        new = [c for c in columns if c.column in missing]
+        if new:  # a column new to users: from the whole history, for every user
+            run.all(new, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=False))
+        [flagged] = run.query(flagged_sql(*run.where))
+        rebuild = list(flagged["ids"] or [])
+        if rebuild:
+            listed = len(rebuild) <= MAX_LISTED_USERS
+            ids = [bigquery.ArrayQueryParameter(REBUILD_USERS, "STRING", rebuild)] if listed else []
+            run.all(columns, lambda cols, last: rebuild_sql(*run.where, cols, listed=listed, clear_flag=last), ids)
+            result.users_rebuilt = len(rebuild)
+    result.users_inserted, result.users_updated = run.inserted, run.updated
+    result.identify_rows_read = int(window["rows_read"] or 0)
     result.watermark_from = values.format_timestamp(since) if since else None
-    mark = stats["watermark_to"]
+    mark = window["watermark_to"]
     result.watermark_to = values.format_timestamp(mark) if mark else result.watermark_from
     if clashing:
         result.status, result.error = PARTIAL, f"users has other types for {clashing}: those columns were not synced"
+
+
+class _Statements:
+    """Runs one space's queries and MERGEs; counts users from the MERGEs' own statistics."""
+
+    def __init__(self, warehouse: Warehouse, dataset: str, deadline: Deadline) -> None:
+        self.warehouse, self.deadline = warehouse, deadline
+        self.where = (warehouse.project, dataset)
+        self.inserted = self.updated = 0
+        self._counted_updates = False
+
+    def query(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return self.warehouse.query(text, list(params), self.deadline)
+
+    def all(
+        self, columns: list[Synced], build: Callable[[Sequence[Synced], bool], str], params: Sequence[Any] = ()
+    ) -> None:
+        """Every statement of one MERGE split by columns (see sql.split). The first one inserts the new
+        users; the others (only very wide tables have them) match the same users again."""
+        for index, text in enumerate(split(build, columns)):
+            stats = self.warehouse.run(text, list(params), self.deadline).dml_stats
+            self.inserted += int(stats.inserted_row_count or 0) if stats else 0
+            if index == 0 and not self._counted_updates:
+                self.updated, self._counted_updates = int(stats.updated_row_count or 0) if stats else 0, True
+
+
+def _ensure_users_view(
+    warehouse: Warehouse, dataset: str, state: dict[str, str], *, remake: bool, deadline: Deadline
+) -> None:
+    """`users` is users_state without its hidden columns: made again whenever those change."""
+    found = warehouse.describe(dataset, USERS, deadline)
+    if found is not None and found[0] != "VIEW":
+        raise RuntimeError(
+            f"{dataset}.{USERS} is a {found[0].lower()}, not a view: an older layout? Drop or rename it; the sync "
+            f"keeps {USERS_STATE} and makes {USERS} a view of it"
+        )
+    hidden = [n for n in state if n in (ROW_ASOF, REBUILD) or n.startswith(naming.ASOF_PREFIX)]
+    shows_hidden = found is not None and any(n in found[1] for n in hidden)
+    if found is None or remake or shows_hidden:
+        warehouse.run(users_view_sql(warehouse.project, dataset, hidden), [], deadline)
 
 
 def _since(warehouse: Warehouse, settings: Settings, slug: str, deadline: Deadline) -> datetime | None:
@@ -139,7 +217,8 @@ def _record(
     if not results:
         return
     warehouse.ensure_table(settings.ops_dataset, SYNC_HISTORY, spec(SYNC_HISTORY), deadline)
-    rows = [{"run_id": run_id, **asdict(r)} for r in results]
+    columns = spec(SYNC_HISTORY).column_names
+    rows = [{k: v for k, v in {"run_id": run_id, **asdict(r)}.items() if k in columns} for r in results]
     ids = [f"{run_id}:{r.space}" for r in results]
     refused = warehouse.insert(settings.ops_dataset, SYNC_HISTORY, rows, ids, deadline)
     if refused:

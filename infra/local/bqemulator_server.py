@@ -7,17 +7,24 @@
    the columns another writer just added from the catalog (storage keeps them, and rows land in the
    wrong columns). Real BigQuery answers 412 to the stale etag and never drops columns on patch;
    here an update that would drop a column gets that 412, which the product handles by re-reading.
+3. bqemulator reports `numDmlAffectedRows` but not `dmlStats` (inserted / updated / deleted rows),
+   which BigQuery reports for every DML job and the users sync reads. Here a MERGE's job gets them:
+   inserted = the target's row count after minus before, updated = affected minus inserted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import bqemulator.api.routes.jobs as job_routes
 from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
 from bqemulator.catalog.memory_repository import MemoryCatalogRepository
 from bqemulator.cli import main
 from bqemulator.domain.errors import DomainError
+from bqemulator.jobs.executor import JOB_RESULTS
 from bqemulator.storage.sql_identifiers import quoted_table_ref
 from bqemulator.storage.type_map import bq_schema_to_duckdb_columns
 
@@ -49,8 +56,37 @@ def _also_alter_storage(original: Callable[[Any, Any], Any]) -> Callable[[Any, A
     return update_table
 
 
+_MERGE_TARGET = re.compile(r"^\s*MERGE\s+(?:INTO\s+)?(`[^`]+`|[\w.-]+)", re.IGNORECASE)
+QueryJob = Callable[..., Awaitable[Any]]
+
+
+def _with_dml_stats(original: QueryJob) -> QueryJob:
+    async def execute_query_job(project_id: str, job_id: str, bq_sql: str, *args: Any, **kwargs: Any) -> Any:
+        target = _MERGE_TARGET.match(bq_sql)
+        if target is None:
+            return await original(project_id, job_id, bq_sql, *args, **kwargs)
+
+        async def count() -> int:
+            probe = f"dmlstats_{uuid.uuid4().hex}"
+            await original(project_id, probe, f"SELECT COUNT(*) AS n FROM {target.group(1)}", None, *args[1:])
+            return int(JOB_RESULTS.pop(probe).column(0)[0].as_py())
+
+        before = await count()
+        meta = await original(project_id, job_id, bq_sql, *args, **kwargs)
+        query = meta.statistics.get("query", {})
+        if "numDmlAffectedRows" not in query:
+            return meta
+        inserted = max(0, await count() - before)
+        updated = max(0, int(query["numDmlAffectedRows"]) - inserted)
+        stats = {"insertedRowCount": str(inserted), "updatedRowCount": str(updated), "deletedRowCount": "0"}
+        return meta.model_copy(update={"statistics": {**meta.statistics, "query": {**query, "dmlStats": stats}}})
+
+    return execute_query_job
+
+
 for cls in (MemoryCatalogRepository, DuckDBCatalogRepository):
     cls.update_table = _also_alter_storage(cls.update_table)
+job_routes.execute_query_job = _with_dml_stats(job_routes.execute_query_job)  # type: ignore[assignment]
 
 if __name__ == "__main__":
     main()

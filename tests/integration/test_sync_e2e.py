@@ -70,7 +70,8 @@ def test_out_of_order_duplicates_and_anonymous(
     status, summary = sync(stack, spaces=[space])
     assert status == 200
     [result] = summary["spaces"]
-    assert (result["status"], result["users_inserted"], result["identify_rows_read"]) == ("success", 1, 2)
+    # Rows read: u1's three (the duplicate copy too); the anonymous call is never read.
+    assert (result["status"], result["users_inserted"], result["identify_rows_read"]) == ("success", 1, 3)
     assert users(bq, space) == {
         "u1": {
             "id": "u1",
@@ -190,10 +191,12 @@ def test_a_users_column_of_another_type_makes_the_run_partial(
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
     bq.create_table(
         bigquery.Table(
-            f"{P}.personas_{space}.users",
+            f"{P}.personas_{space}.users_state",
             schema=[
                 bigquery.SchemaField("id", "STRING"),
                 bigquery.SchemaField("received_at", "TIMESTAMP"),
+                bigquery.SchemaField("_asof", "STRING"),
+                bigquery.SchemaField("_rebuild", "BOOL"),
                 bigquery.SchemaField("score", "STRING"),  # identifies has INT64
             ],
         )

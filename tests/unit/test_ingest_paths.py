@@ -46,8 +46,8 @@ def test_identify_creates_dataset_table_and_trait_column(fake: FakeBigQuery, war
     outcome = ingest(message(identify(first_time_shopper=True)), warehouse, SETTINGS)
     assert outcome.rows == {"personas_default.identifies": 1}
     table = fake.tables["personas-test.personas_default.identifies"]
-    assert table.time_partitioning.field == "received_at"
-    assert table.clustering_fields == ["user_id"]
+    assert table.time_partitioning.field == "loaded_at"  # the users sync reads identifies by load time
+    assert table.clustering_fields == ["loaded_at", "user_id"]
     assert {f.name: f.field_type for f in table.schema}["first_time_shopper"] == "BOOL"
     [row] = fake.rows["personas-test.personas_default.identifies"]
     assert row["first_time_shopper"] is True
