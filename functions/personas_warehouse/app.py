@@ -1,4 +1,4 @@
-"""HTTP and CloudEvent adapters: turn what the platform delivers into core calls, nothing more.
+"""HTTP adapters: turn what the platform delivers into core calls, nothing more.
 
 Settings are read (and validated) when this module is imported, so a bad configuration fails the
 instance at start-up instead of half-processing messages. BigQuery clients are made on first use.
@@ -6,16 +6,24 @@ instance at start-up instead of half-processing messages. BigQuery clients are m
 
 from __future__ import annotations
 
+import time
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from personas_warehouse import values
-from personas_warehouse.bigquery import Warehouse, make_client
-from personas_warehouse.ingest import Outcome, ingest
-from personas_warehouse.messages import PubSubMessage
+from personas_warehouse.bigquery import Deadline, Warehouse, make_client
+from personas_warehouse.errors import TransientError
+from personas_warehouse.ingest import Outcome, ingest, record_rejections
+from personas_warehouse.logs import log
+from personas_warehouse.messages import PushDelivery, parse_push
 from personas_warehouse.settings import Settings, load_settings
 from personas_warehouse.sync import run_sync
+
+# (body, status, headers): what functions-framework's Flask accepts from an HTTP function.
+Response = tuple[str, int, dict[str, str]]
 
 SETTINGS: Settings = load_settings()
 
@@ -25,22 +33,80 @@ def warehouse() -> Warehouse:
     return Warehouse(make_client(SETTINGS))
 
 
-def message_from_event(data: dict[str, Any], source: str = "") -> PubSubMessage:
-    """The Pub/Sub message inside a messagePublished CloudEvent (both key spellings are seen)."""
-    message = data.get("message") or {}
-    published = message.get("publishTime") or message.get("publish_time")
-    moment = values.parse_timestamp(published) if isinstance(published, str) else None
-    return PubSubMessage(
-        message_id=str(message.get("messageId") or message.get("message_id") or ""),
-        data_b64=message.get("data") or "",
-        publish_time=moment or datetime.now(UTC),
-        attributes=message.get("attributes") or {},
-        subscription=str(data.get("subscription") or source),
+def handle_push_request(request: Any) -> Response:
+    return handle_push(request.method, request.get_data(cache=False), warehouse)
+
+
+def handle_push(
+    method: str,
+    body: bytes,
+    warehouse_of: Callable[[], Warehouse],
+    settings: Settings = SETTINGS,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Response:
+    """A Pub/Sub push request. 204 (Pub/Sub acks) once every row, discard and rejection is written,
+    malformed bodies included; 500 (Pub/Sub redelivers with backoff, then dead-letters) when anything
+    failed. One log line per request, whatever happens."""
+    if method != "POST":  # a crawler or a health check: nothing to record
+        return "use POST\n", 405, {"Allow": "POST"}
+    started = time.monotonic()
+    received_at = now()
+    delivery = parse_push(body, received_at)
+    message = delivery.message
+    fields: dict[str, Any] = {
+        "pubsub_message_id": message.message_id,
+        "delivery_attempt": message.delivery_attempt,
+        "subscription": message.subscription or None,
+        "notes": delivery.notes or None,
+    }
+    try:
+        outcome = _handle(delivery, warehouse_of, settings, received_at)
+    except Exception as exc:  # TransientError or a bug: either way not acked, so nothing is lost
+        transient = isinstance(exc, TransientError)
+        log(
+            "WARNING" if transient else "ERROR",
+            f"push not acked (Pub/Sub redelivers): {exc!r}"[:2000],
+            outcome="retry",
+            status=500,
+            latency_ms=round((time.monotonic() - started) * 1000),
+            stack_trace=None if transient else traceback.format_exc(),  # Error Reporting reads this field
+            **fields,
+        )
+        return "not stored, retry\n", 500, {}
+    classes = sorted({str(r.error_class) for r in outcome.rejections})
+    log(
+        "WARNING" if outcome.rejections or delivery.notes else "INFO",
+        "push acked",
+        outcome=_label(outcome),
+        status=204,
+        latency_ms=round((time.monotonic() - started) * 1000),
+        rows=sum(outcome.rows.values()),
+        discards=outcome.discards,
+        rejections=len(outcome.rejections),
+        error_classes=classes or None,
+        **fields,
     )
+    return "", 204, {}
 
 
-def handle_cloud_event(event: Any) -> Outcome:
-    return ingest(message_from_event(event.data or {}, str(event["source"])), warehouse(), SETTINGS)
+def _label(outcome: Outcome) -> str:
+    written = sum(outcome.rows.values())
+    if outcome.rejections:
+        return "partial" if written else "rejected"
+    return "written" if written else "skipped"
+
+
+def _handle(
+    delivery: PushDelivery, warehouse_of: Callable[[], Warehouse], settings: Settings, received_at: datetime
+) -> Outcome:
+    if delivery.rejection is None:
+        return ingest(delivery.message, warehouse_of(), settings)
+    # Not even a message to decode: recorded as is (ingest's own path records everything else).
+    deadline = Deadline(settings.ingest_deadline_seconds)
+    stamp = values.format_timestamp(received_at)
+    rejections = [delivery.rejection]
+    record_rejections(delivery.message, delivery.stored_data, rejections, warehouse_of(), settings, deadline, stamp)
+    return Outcome(rejections=rejections)
 
 
 def handle_sync_request(request: Any) -> tuple[dict[str, Any], int]:

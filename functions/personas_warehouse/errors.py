@@ -18,7 +18,8 @@ class ErrorClass(StrEnum):
     BAD_BASE64 = "bad_base64"  # message data is not base64
     OVERSIZED = "oversized"  # data over MAX_MESSAGE_BYTES
     INVALID_JSON = "invalid_json"  # not UTF-8 JSON (NaN/Infinity included)
-    INVALID_ENVELOPE = "invalid_envelope"  # neither a call object nor {"batch": [calls]}
+    INVALID_ENVELOPE = "invalid_envelope"  # neither a call object nor {"batch": [calls]}, or no data at all
+    INVALID_PUSH = "invalid_push"  # the HTTP body is not a Pub/Sub push body (not JSON, no message, ...)
     SCHEMA_VIOLATION = "schema_violation"  # marshmallow refused the call (unknown type, missing ids, ...)
     UNSAFE_SPACE = "unsafe_space"  # the space is not a safe dataset slug
     ROW_REFUSED = "row_refused"  # BigQuery refused the row itself (not the request)

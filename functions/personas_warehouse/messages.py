@@ -1,9 +1,12 @@
-"""Decode a Pub/Sub message into validated, routed calls, or into rejections. Pure: no I/O."""
+"""Parse a Pub/Sub push body into a message, and decode a message into validated, routed calls, or
+into rejections. Pure: no I/O."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +14,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from personas_warehouse import naming
+from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings
 from schemas.calls import CALL_SCHEMA, Call, loads_strict
@@ -28,6 +31,23 @@ class PubSubMessage:
     publish_time: datetime
     attributes: Mapping[str, str] = field(default_factory=dict)
     subscription: str = ""
+    ordering_key: str = ""
+    delivery_attempt: int | None = None  # only when the subscription dead-letters (never from the emulator)
+
+
+@dataclass(frozen=True)
+class PushDelivery:
+    """What one push request carried. `message` is always set (with substitutes where the body lacked a
+    field, each named in `notes`), so even a body that is not a push at all can be recorded: then
+    `rejection` says why, and `stored_data` is what the rejection row keeps as its data."""
+
+    message: PubSubMessage
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    rejection: Rejection | None = None
+    stored_data: bytes = b""
+
+
+SUBSTITUTE_ID_PREFIX = "sha256-"
 
 
 @dataclass(frozen=True)
@@ -126,3 +146,142 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
             continue
         calls.append(RoutedCall(index, call, space))
     return Decoded(calls, rejections, data)
+
+
+# --- the Pub/Sub push body -----------------------------------------------------------------------------
+#
+# {"message": {"data": b64, "attributes": {..}, "messageId": id, "message_id": id, "publishTime": ts,
+#  "publish_time": ts, "orderingKey": k}, "subscription": "projects/P/subscriptions/S", "deliveryAttempt": n}
+# Cloud Pub/Sub and its emulator send the same shape (the emulator sends "data": "" for a message with
+# only attributes, and never deliveryAttempt). Parsed here rather than by functions-framework's CloudEvent
+# conversion, which drops subscription and deliveryAttempt and answers 400 (so: redelivery until
+# dead-lettered, no trace) to a message without data.
+
+
+def parse_push(body: bytes, received_at: datetime) -> PushDelivery:
+    """Never raises. A body that is not a push (not UTF-8 JSON, not an object, no `message` object, `data`
+    not a string, attributes not a map of strings) is an `invalid_push` rejection keeping the whole body; a
+    message without data an `invalid_envelope` one (legal in Pub/Sub, but it carries no call). A missing
+    messageId becomes a hash of the body, a bad publishTime the receive time: both noted, neither rejected."""
+    try:
+        document: Any = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "Nested too deeply." if isinstance(exc, RecursionError) else f"Not UTF-8 JSON: {exc}"
+        return _not_a_push(body, received_at, {"_body": [reason]})
+    if not isinstance(document, dict):
+        expected = 'Expected a JSON object {"message": {...}, "subscription": "..."}.'
+        return _not_a_push(body, received_at, {"_body": [expected]}, document)
+    notes: dict[str, list[str]] = {}
+    subscription = _optional_string(document, ("subscription",), notes)
+    attempt = document.get("deliveryAttempt")
+    if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1):
+        notes["deliveryAttempt"] = ["Not a positive integer; ignored."]
+        attempt = None
+    raw = document.get("message")
+    if not isinstance(raw, dict):
+        problem = "Missing." if raw is None else "Must be an object."
+        return _not_a_push(body, received_at, {"message": [problem]}, document, subscription, attempt, notes)
+    message_id = _first_string(raw, ("messageId", "message_id"))
+    if message_id is None:
+        message_id = _substitute_id(body, document)
+        notes["message.messageId"] = [f"Missing; {message_id} (a hash of the body) was used."]
+    published_text = _first_string(raw, ("publishTime", "publish_time"))
+    published = values.parse_timestamp(published_text) if published_text is not None else None
+    if published is None:
+        problem = "Missing" if published_text is None else "Not an ISO-8601 timestamp with a zone"
+        notes["message.publishTime"] = [f"{problem}; the receive time was used."]
+        published = received_at
+    ordering_key = _optional_string(raw, ("orderingKey", "ordering_key"), notes, "message.")
+    attributes = raw.get("attributes")
+    data = raw.get("data")
+    message = PubSubMessage(
+        message_id=message_id,
+        data_b64=data if isinstance(data, str) else "",
+        publish_time=published,
+        attributes=_printable_attributes(attributes),
+        subscription=subscription,
+        ordering_key=ordering_key,
+        delivery_attempt=attempt,
+    )
+    errors: dict[str, list[str]] = {}
+    bad = _attribute_errors(attributes)
+    if bad:
+        errors["message.attributes"] = bad
+    if data is not None and not isinstance(data, str):
+        errors["message.data"] = ["Must be a base64 string."]
+    if errors:
+        return PushDelivery(message, notes, Rejection(ErrorClass.INVALID_PUSH, errors), body)
+    if not data:
+        empty = ["Missing or empty: a message with only attributes carries no call."]
+        return PushDelivery(message, notes, Rejection(ErrorClass.INVALID_ENVELOPE, {"message.data": empty}))
+    return PushDelivery(message, notes)
+
+
+def _not_a_push(
+    body: bytes,
+    received_at: datetime,
+    errors: dict[str, list[str]],
+    document: Any = None,
+    subscription: str = "",
+    attempt: int | None = None,
+    notes: dict[str, list[str]] | None = None,
+) -> PushDelivery:
+    """The rejection keeps the body itself (as text, else base64): it is all there is to recover."""
+    message = PubSubMessage(
+        message_id=_substitute_id(body, document),
+        data_b64=base64.b64encode(body).decode("ascii"),
+        publish_time=received_at,
+        subscription=subscription,
+        delivery_attempt=attempt,
+    )
+    return PushDelivery(message, notes or {}, Rejection(ErrorClass.INVALID_PUSH, errors), body)
+
+
+def _substitute_id(body: bytes, document: Any) -> str:
+    """The same for every redelivery of one body (deliveryAttempt, which changes, is left out), so the
+    insert ids derived from it deduplicate like a real message id."""
+    if isinstance(document, dict):
+        stable = _json_text({k: v for k, v in document.items() if k != "deliveryAttempt"})
+        body = stable.encode("ascii") if stable is not None else body
+    return SUBSTITUTE_ID_PREFIX + hashlib.sha256(body).hexdigest()[:32]
+
+
+def _first_string(raw: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    """Pub/Sub sends both spellings (messageId and message_id); the first non-empty string wins."""
+    for key in keys:
+        value = raw.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _optional_string(
+    raw: Mapping[str, Any], keys: tuple[str, ...], notes: dict[str, list[str]], prefix: str = ""
+) -> str:
+    found = _first_string(raw, keys)
+    if found is None and any(raw.get(key) not in (None, "") for key in keys):
+        notes[prefix + keys[0]] = ["Not a string; ignored."]
+    return found or ""
+
+
+def _attribute_errors(attributes: Any) -> list[str]:
+    if attributes is None:
+        return []
+    if not isinstance(attributes, dict):
+        return ["Must be a map of strings."]
+    return [f"{key!r}: must be a string." for key, value in attributes.items() if not isinstance(value, str)]
+
+
+def _printable_attributes(attributes: Any) -> dict[str, str]:
+    """Attributes as a map of strings: non-string values as JSON text (only ever stored in a rejection)."""
+    if not isinstance(attributes, dict):
+        return {}
+    return {k: v if isinstance(v, str) else (_json_text(v) or "?") for k, v in attributes.items()}
+
+
+def _json_text(value: Any) -> str | None:
+    """Canonical ASCII JSON of a parsed document; None when it is nested too deeply to write back."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except RecursionError:
+        return None

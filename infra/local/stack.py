@@ -74,7 +74,7 @@ class StackConfig:
 
     @property
     def push_endpoint(self) -> str:
-        # The path names the topic so the CloudEvent's source does too (functions-framework reads it).
+        # The HTTP function serves every path; this one mirrors Terraform's push endpoint.
         return f"{self.ingest_url}/projects/{self.project}/topics/{self.topic}"
 
     def exports(self) -> dict[str, str]:
@@ -157,7 +157,7 @@ class Stack:
             function_env = {**c.exports(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(STAGE), **c.function_env}
             function_env.pop("PUBSUB_EMULATOR_HOST")
             for name, target, signature, port in (
-                ("ingest", "ingest", "cloudevent", c.ingest_port),
+                ("ingest", "ingest", "http", c.ingest_port),
                 ("sync", "sync", "http", c.sync_port),
             ):
                 self._spawn(

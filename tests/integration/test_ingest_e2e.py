@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -202,3 +205,52 @@ def test_dedup_views_keep_one_row_per_id(
     [entered] = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.audience_entered_view`", 1)
     assert entered["a"] is True
     wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.tracks_view`", 1)
+
+
+def _post(url: str, body: bytes, method: str = "POST") -> int:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_push_without_data_posted_to_ingest_is_recorded_and_acked(stack: Stack, bq: bigquery.Client) -> None:
+    """functions-framework's CloudEvent conversion answered 400 to this (legal Pub/Sub) message: Pub/Sub
+    retried it until dead-lettered and rejected_messages never saw it."""
+    message_id = "direct-" + uuid.uuid4().hex[:10]
+    body = {
+        "message": {"attributes": {"space": "x"}, "messageId": message_id, "publishTime": "2026-11-28T10:00:00.5Z"},
+        "subscription": "projects/personas-local/subscriptions/direct-post",
+        "deliveryAttempt": 2,
+    }
+    url = stack.config.ingest_url + "/"
+    assert _post(url, json.dumps(body).encode()) == 204
+    sql = f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE message_id = @m"
+    [row] = query(bq, sql, m=message_id)  # written before the 204: no waiting
+    assert row["error_class"] == "invalid_envelope"
+    assert row["subscription"] == "projects/personas-local/subscriptions/direct-post"
+    assert json.loads(row["attributes"]) == {"space": "x"}
+    assert json.loads(row["errors"]) == {
+        "message.data": ["Missing or empty: a message with only attributes carries no call."]
+    }
+    assert row["publish_time"].isoformat() == "2026-11-28T10:00:00.500000+00:00"
+
+    garbage = b"not a push body " + uuid.uuid4().hex.encode()
+    assert _post(url, garbage) == 204
+    [kept] = query(bq, f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE data = @d", d=garbage.decode())
+    assert kept["error_class"] == "invalid_push" and kept["message_id"].startswith("sha256-")
+    assert _post(url, b"", method="GET") == 405
+
+
+def test_message_with_only_attributes_through_the_emulator_names_the_push_subscription(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str]
+) -> None:
+    message_id = publish(b"", marker=uuid.uuid4().hex)
+    sql = f"SELECT * FROM `{P}.personas__ops.rejected_messages` WHERE message_id = @m"
+    [row] = wait_rows(bq, sql, 1, m=message_id)
+    assert row["subscription"] == f"projects/{P}/subscriptions/{stack.config.subscription}"
+    assert row["error_class"] == "invalid_envelope"
+    time.sleep(3)  # acked: a redelivery would add a second row within seconds
+    assert len(query(bq, sql, m=message_id)) == 1
