@@ -18,6 +18,8 @@ from google.cloud import bigquery
 
 import personas_warehouse.ingest as ingest_module
 from personas_warehouse.bigquery import (
+    INSERT_ALL_MAX_REQUEST_BYTES,
+    INSERT_ALL_MAX_ROWS,
     INSERT_BYTES_PER_REQUEST,
     INSERT_ROWS_PER_REQUEST,
     Deadline,
@@ -29,7 +31,13 @@ from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import Fitted
 from schemas.tables import spec
-from tests.fakes import DEDUP_WINDOW_SECONDS, REQUEST_LIMIT_BYTES, FakeClock, StrictFakeBigQuery
+from tests.fakes import (
+    DEDUP_WINDOW_SECONDS,
+    REQUEST_LIMIT_BYTES,
+    REQUEST_LIMIT_ROWS,
+    FakeClock,
+    StrictFakeBigQuery,
+)
 
 PUBLISHED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(ingest_deadline_seconds=30)
@@ -89,6 +97,12 @@ def test_strict_fake_refuses_oversized_requests_and_bad_rows(fake: StrictFakeBig
 
 
 # -- requests within insertAll's limits --------------------------------------------------------------
+
+
+def test_our_request_budget_is_safely_under_bigquerys_limits() -> None:
+    assert (INSERT_ALL_MAX_REQUEST_BYTES, INSERT_ALL_MAX_ROWS) == (REQUEST_LIMIT_BYTES, REQUEST_LIMIT_ROWS)
+    assert INSERT_ROWS_PER_REQUEST <= 500 < INSERT_ALL_MAX_ROWS
+    assert INSERT_BYTES_PER_REQUEST <= 0.9 * INSERT_ALL_MAX_REQUEST_BYTES
 
 
 def test_a_big_batch_is_split_by_rows(fake: StrictFakeBigQuery, warehouse: Warehouse) -> None:
