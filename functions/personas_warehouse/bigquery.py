@@ -294,16 +294,16 @@ class Warehouse:
             raise TransientError(f"{ref} was not found and this instance never ensured it")
         try:
             fresh = self.ensure_table(dataset, table, spec, deadline)
+            changed = sorted(f for f in fields if f in fresh and f in expected and fresh[f] != expected[f])
+            unknown = sorted(f for f in fields if f not in fresh and f not in expected)
+            if changed or unknown:
+                self.forget(dataset, table)
+                raise TransientError(f"{ref} changed under this instance ({changed or unknown}); redeliver to re-fit")
+            lacking = {f: expected[f] for f in sorted(fields) if f not in fresh}
+            if lacking:
+                self.add_columns(dataset, table, lacking, deadline)
         except gexc.NotFound:  # created, but not visible yet: the caller backs off and tries again
-            return
-        changed = sorted(f for f in fields if f in fresh and f in expected and fresh[f] != expected[f])
-        unknown = sorted(f for f in fields if f not in fresh and f not in expected)
-        if changed or unknown:
             self.forget(dataset, table)
-            raise TransientError(f"{ref} changed under this instance ({changed or unknown}); redeliver to re-fit")
-        lacking = {f: expected[f] for f in sorted(fields) if f not in fresh}
-        if lacking:
-            self.add_columns(dataset, table, lacking, deadline)
 
     def _pause(self, delay: float, deadline: Deadline) -> float:
         """Sleep `delay` (raises TransientError when the deadline leaves no time); the next delay."""
