@@ -4,9 +4,10 @@ and bounds every retry by the caller's deadline."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from personas_warehouse import naming, sql
+from personas_warehouse import naming, sql, values
 from personas_warehouse.errors import TransientError
 from personas_warehouse.settings import Settings
 from schemas.tables import TableSpec
@@ -37,8 +38,22 @@ _TRANSIENT = (
     TimeoutError,
 )
 _RETRYABLE_ROW_REASONS = frozenset({"stopped", "backendError", "internalError", "timeout"})
-_NO_SUCH_FIELD = "no such field"  # BigQuery has not yet seen a column just added
+_NO_SUCH_FIELD = "no such field"  # BigQuery has not yet seen a column just added (or the table is new)
 Schema = dict[str, str]
+
+# insertAll's rules (https://cloud.google.com/bigquery/quotas#streaming_inserts), all in one place.
+# BigQuery's hard limits: a bigger request is refused whole with HTTP 400 ("Request payload size exceeds
+# the limit: 10485760 bytes." / "too many rows present in the request, limit: 50000 ...").
+INSERT_ALL_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+INSERT_ALL_MAX_ROWS = 50_000
+# What we send: BigQuery's recommended 500 rows, and a byte budget safely under the hard limit, measured on
+# the request body exactly as google-cloud-bigquery serializes it (json.dumps of {"rows": [{"json": row,
+# "insertId": id}, ...]}). A row whose JSON alone is over the budget is refused as row_refused, never sent.
+INSERT_ROWS_PER_REQUEST = 500
+INSERT_BYTES_PER_REQUEST = 9_000_000
+_EMPTY_REQUEST_BYTES = len(json.dumps({"rows": []}))
+_ROW_SEPARATOR_BYTES = len(", ")
+_FIRST_DELAY, _MAX_DELAY = 0.25, 4.0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -90,9 +105,38 @@ def _schema_of(table: bigquery.Table) -> Schema:
     return {f.name.lower(): _STANDARD_TYPES.get(f.field_type, f.field_type) for f in table.schema}
 
 
+def _no_such_field(problem: dict[str, Any]) -> bool:
+    return _NO_SUCH_FIELD in str(problem.get("message", "")).lower()
+
+
 def _retryable_row_error(problem: dict[str, Any]) -> bool:
-    reason = problem.get("reason", "")
-    return reason in _RETRYABLE_ROW_REASONS or _NO_SUCH_FIELD in str(problem.get("message", "")).lower()
+    return problem.get("reason", "") in _RETRYABLE_ROW_REASONS or _no_such_field(problem)
+
+
+def _entry_bytes(row: dict[str, Any], insert_id: str) -> int:
+    """Bytes one row adds to an insertAll body, serialized as the client does (json.dumps defaults)."""
+    return len(json.dumps({"json": row, "insertId": insert_id}).encode("utf-8"))
+
+
+def _too_big(size: int) -> dict[str, Any]:
+    limit = INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES
+    message = f"Row is {size} bytes as JSON; one insertAll request carries at most {limit} bytes of rows."
+    return {"reason": "invalid", "location": "", "message": message}
+
+
+def _requests(indices: Sequence[int], sizes: Sequence[int]) -> Iterator[list[int]]:
+    """Consecutive runs of `indices`, each within INSERT_ROWS_PER_REQUEST and INSERT_BYTES_PER_REQUEST."""
+    run: list[int] = []
+    used = _EMPTY_REQUEST_BYTES
+    for i in indices:
+        grown = used + sizes[i] + (_ROW_SEPARATOR_BYTES if run else 0)
+        if run and (len(run) == INSERT_ROWS_PER_REQUEST or grown > INSERT_BYTES_PER_REQUEST):
+            yield run
+            run, grown = [], _EMPTY_REQUEST_BYTES + sizes[i]
+        run.append(i)
+        used = grown
+    if run:
+        yield run
 
 
 class Warehouse:
@@ -102,6 +146,7 @@ class Warehouse:
         self.client = client
         self.project = client.project
         self._schemas: dict[tuple[str, str], Schema] = {}
+        self._specs: dict[tuple[str, str], TableSpec] = {}  # to re-create a table BigQuery lost
         self._sleep = sleep
 
     def table_ref(self, dataset: str, table: str) -> str:
@@ -113,6 +158,7 @@ class Warehouse:
     def ensure_table(self, dataset: str, table: str, spec: TableSpec, deadline: Deadline) -> Schema:
         """The table's schema, creating the dataset and table (partitioned, clustered) when missing."""
         key = (dataset, table)
+        self._specs[key] = spec
         if key in self._schemas:
             return self._schemas[key]
         ref = self.table_ref(dataset, table)
@@ -170,38 +216,99 @@ class Warehouse:
     def insert(
         self, dataset: str, table: str, rows: Sequence[dict[str, Any]], insert_ids: Sequence[str], deadline: Deadline
     ) -> list[RowRefusal]:
-        """Stream rows with insert ids. Rows BigQuery cannot see a new column for yet ("no such field",
-        eventual consistency after a schema change) and rows stopped by a neighbour are retried with
-        backoff; rows refused for themselves are returned. Raises TransientError when time runs out."""
+        """Stream rows with insert ids, in requests within insertAll's limits; returns the rows refused for
+        themselves (BigQuery's verdict, or alone over the request budget). Everything else is retried with
+        backoff until the deadline, then raises TransientError (Pub/Sub redelivers): rows stopped by a
+        refused neighbour, a column BigQuery does not see yet, and a table BigQuery does not find (404 right
+        after its creation, or dropped by an operator: it is re-ensured, with the columns the rows need)."""
+        expected = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
+        wire = [values.wire_row(row) for row in rows]
+        sizes = [_entry_bytes(row, insert_id) for row, insert_id in zip(wire, insert_ids, strict=True)]
+        budget = INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES
+        refused = [RowRefusal(i, [_too_big(size)]) for i, size in enumerate(sizes) if size > budget]
+        fitting = [i for i, size in enumerate(sizes) if size <= budget]
+        for request in _requests(fitting, sizes):
+            refused += self._send(dataset, table, wire, insert_ids, request, expected, deadline)
+        return sorted(refused, key=lambda r: r.index)
+
+    def _send(
+        self,
+        dataset: str,
+        table: str,
+        wire: Sequence[dict[str, Any]],
+        insert_ids: Sequence[str],
+        request: list[int],
+        expected: Schema,
+        deadline: Deadline,
+    ) -> list[RowRefusal]:
+        """One request's rows until each is written or refused for itself."""
         ref = self.table_ref(dataset, table)
-        pending = list(range(len(rows)))
-        refused: list[RowRefusal] = []
-        delay = 0.25
+        pending, refused, delay = request, [], _FIRST_DELAY
+        checked = False  # whether a refusal made us compare the table with the schema the rows were fitted to
         while pending:
-            errors = self.client.insert_rows_json(
-                ref,
-                [rows[i] for i in pending],
-                row_ids=[insert_ids[i] for i in pending],
-                retry=deadline.retry(),
-                timeout=deadline.budget(20),
-            )
+            fields = {name for i in pending for name in wire[i]}
+            try:
+                errors = self.client.insert_rows_json(
+                    ref,
+                    [wire[i] for i in pending],
+                    row_ids=[insert_ids[i] for i in pending],
+                    retry=deadline.retry(),
+                    timeout=deadline.budget(20),
+                )
+            except gexc.NotFound:
+                self._reensure(dataset, table, expected, fields, deadline)
+                delay = self._pause(delay, deadline)
+                continue
             retry_next: list[int] = []
             only_stopped = True  # rows held back by a refused neighbour can be resent at once
+            unseen = False
+            refused_now = False
             for entry in errors:
                 index = pending[entry["index"]]
                 problems = entry.get("errors", [])
                 if not all(_retryable_row_error(p) for p in problems):
                     refused.append(RowRefusal(index, problems))
+                    refused_now = True
                     continue
                 retry_next.append(index)
                 only_stopped = only_stopped and all(p.get("reason") == "stopped" for p in problems)
-                if any(_NO_SUCH_FIELD in str(p.get("message", "")).lower() for p in problems):
-                    self.forget(dataset, table)
+                unseen = unseen or any(_no_such_field(p) for p in problems)
+            if unseen or (refused_now and not checked):
+                # A refusal is only the row's fault if the table still has the types the rows were
+                # fitted to; a table re-created with other types raises TransientError (re-fit on redelivery).
+                checked = checked or refused_now
+                self._reensure(dataset, table, expected, fields, deadline)
             if retry_next and not only_stopped:
-                self._sleep(min(deadline.budget(delay), delay))
-                delay = min(delay * 2, 4.0)
+                delay = self._pause(delay, deadline)
             pending = retry_next
         return refused
+
+    def _reensure(self, dataset: str, table: str, expected: Schema, fields: set[str], deadline: Deadline) -> None:
+        """Read the table afresh (creating it again if it is gone) and add back the columns the rows carry
+        that it lacks, with the types the rows were fitted to. A column whose type changed cannot be
+        fixed here: the message is redelivered and its rows fitted again."""
+        ref = self.table_ref(dataset, table)
+        self.forget(dataset, table)
+        spec = self._specs.get((dataset, table))
+        if spec is None:
+            raise TransientError(f"{ref} was not found and this instance never ensured it")
+        try:
+            fresh = self.ensure_table(dataset, table, spec, deadline)
+            changed = sorted(f for f in fields if f in fresh and f in expected and fresh[f] != expected[f])
+            unknown = sorted(f for f in fields if f not in fresh and f not in expected)
+            if changed or unknown:
+                self.forget(dataset, table)
+                raise TransientError(f"{ref} changed under this instance ({changed or unknown}); redeliver to re-fit")
+            lacking = {f: expected[f] for f in sorted(fields) if f not in fresh}
+            if lacking:
+                self.add_columns(dataset, table, lacking, deadline)
+        except gexc.NotFound:  # created, but not visible yet: the caller backs off and tries again
+            self.forget(dataset, table)
+
+    def _pause(self, delay: float, deadline: Deadline) -> float:
+        """Sleep `delay` (raises TransientError when the deadline leaves no time); the next delay."""
+        self._sleep(min(deadline.budget(delay), delay))
+        return min(delay * 2, _MAX_DELAY)
 
     # -- the users sync --------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from personas_warehouse.logs import log
 from personas_warehouse.messages import PubSubMessage, RoutedCall, decode
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import DISCARDS, Discard, PendingRow, discard_rows, fit_rows, plan_columns, shape
+from schemas.calls import loads_strict
 from schemas.tables import spec
 
 REJECTED_MESSAGES = "rejected_messages"
@@ -128,14 +129,47 @@ def _groups(rows: Iterable[PendingRow]) -> dict[tuple[str, str, str], list[Pendi
     return groups
 
 
-def _stored_data(message: PubSubMessage, data: bytes, limit: int) -> tuple[str, bool]:
-    """UTF-8 text when the data is text, else the base64 as delivered; cut to `limit` bytes."""
+def _batch_calls(data: bytes) -> list[Any] | None:
+    """The raw call objects of a `{"batch": [...]}` message (None for anything else)."""
     try:
-        text = data.decode("utf-8") if data else message.data_b64
-    except UnicodeDecodeError:
-        text = message.data_b64
+        document = loads_strict(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    batch = document.get("batch") if isinstance(document, dict) else None
+    return batch if isinstance(batch, list) else None
+
+
+def _stored_data(
+    message: PubSubMessage, data: bytes, calls: list[Any] | None, call_index: int | None, limit: int
+) -> tuple[str, bool]:
+    """The data a rejection is about, cut to `limit` bytes: one call of a batch is its own JSON text (the
+    raw call object, re-serialized); anything else is the message data, UTF-8 text when it is text, else
+    the base64 as delivered."""
+    if call_index is not None and calls is not None and 0 <= call_index < len(calls):
+        text = values.json_text(calls[call_index])
+    else:
+        try:
+            text = data.decode("utf-8") if data else message.data_b64
+        except UnicodeDecodeError:
+            text = message.data_b64
     cut = text.encode("utf-8")[:limit].decode("utf-8", "ignore")
     return cut, len(cut) < len(text)
+
+
+def _per_call(rejections: list[Rejection]) -> list[Rejection]:
+    """One rejection per call (or one for the whole message): a call refused by two tables (tracks and
+    its event table) is one row with both tables' errors, and its insert id stays unique."""
+    merged: dict[int | None, Rejection] = {}
+    for rejection in rejections:
+        first = merged.get(rejection.call_index)
+        if first is None:
+            merged[rejection.call_index] = rejection
+            continue
+        errors = {path: list(reasons) for path, reasons in first.errors.items()}
+        for path, reasons in rejection.errors.items():
+            errors.setdefault(path, []).extend(reasons)
+        merged[rejection.call_index] = replace(first, errors=errors)
+    return list(merged.values())
 
 
 def record_rejections(
@@ -147,10 +181,15 @@ def record_rejections(
     deadline: Deadline,
     received_at: str,
 ) -> None:
-    stored, truncated = _stored_data(message, data, settings.max_rejected_data_bytes)
+    """One rejected_messages row per refused call (or one for the whole message). Each row stores the data
+    it is about, so a message's data is stored once however many of its calls are refused."""
+    per_call = _per_call(rejections)
+    needs_calls = any(r.call_index is not None for r in per_call)
+    calls = _batch_calls(data) if needs_calls else None
     rows: list[dict[str, Any]] = []
     ids: list[str] = []
-    for rejection in rejections:
+    for rejection in per_call:
+        stored, truncated = _stored_data(message, data, calls, rejection.call_index, settings.max_rejected_data_bytes)
         rows.append(
             {
                 "message_id": message.message_id,

@@ -62,6 +62,14 @@ def json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
 
 
+def wire_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` as it travels in an insertAll request: every integer (INT64 is the only type we fill with
+    Python ints) as its decimal string, as google-cloud-bigquery's own `insert_rows` does (`_helpers.
+    _int_to_json` returns `str(value)`). A JSON number goes through parsers that read numbers as IEEE
+    doubles and would round past 2**53; BigQuery parses an integer string into INT64 exactly."""
+    return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in row.items()}
+
+
 def infer(value: Any) -> tuple[str, Any]:
     """(column type, value to write) for a leaf value that is not None and not a dict."""
     if isinstance(value, bool):
