@@ -2,8 +2,11 @@
 
 Offline and fast. Providers cannot be downloaded here, so `terraform validate` cannot run:
 python-hcl2 parses the configuration and these tests check its structure, its references and the
-limits that must hold between settings (for every value the variables' validations accept).
-`terraform fmt` and `terraform console` run only where a terraform binary is on the PATH.
+limits that must hold between settings (for every value the variables' validations accept), what a
+first apply on an empty project needs (bootstrap steps in infra/terraform/README.md, the deployer's
+roles and actAs grants, the build service account), internal-only ingress, the scale arithmetic of
+the README and checkov's result. `terraform fmt` and `terraform console` run only where a terraform
+binary is on the PATH; checkov only where `make checkov` created .venv-checkov.
 """
 
 from __future__ import annotations
@@ -325,7 +328,7 @@ def test_push_subscription_delivers_to_ingest_with_oidc_retry_and_dead_letter() 
     assert sub["topic"] == "${google_pubsub_topic.calls.id}"
     push = _block(sub, "push_config")
     ingest_uri = "${google_cloudfunctions2_function.ingest.service_config[0].uri}"
-    # the topic path in the URL lets functions-framework name the topic in the CloudEvent's source
+    # the topic path in the URL names the topic to a CloudEvent ingest; an HTTP ingest ignores the path
     assert push["push_endpoint"] == ingest_uri + "/${google_pubsub_topic.calls.id}"
     oidc = _block(push, "oidc_token")
     assert oidc == {"service_account_email": "${google_service_account.push.email}", "audience": ingest_uri}
