@@ -32,7 +32,16 @@ resource "google_bigquery_dataset" "ops" {
   description                = "personas-warehouse operations: refused messages and users sync history."
   delete_contents_on_destroy = false
 
-  depends_on = [google_project_service.apis]
+  # Customer-managed encryption when kms_key_name is set (Google-managed otherwise). Tables created
+  # in this dataset later, by the functions too, inherit the key.
+  dynamic "default_encryption_configuration" {
+    for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
+    content {
+      kms_key_name = default_encryption_configuration.value
+    }
+  }
+
+  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.cmek]
 }
 
 resource "google_bigquery_table" "ops" {
@@ -45,6 +54,13 @@ resource "google_bigquery_table" "ops" {
   schema              = each.value.schema
   clustering          = length(each.value.clustering) > 0 ? each.value.clustering : null
   deletion_protection = true
+
+  dynamic "encryption_configuration" {
+    for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
+    content {
+      kms_key_name = encryption_configuration.value
+    }
+  }
 
   # Same layout as the code's ensure_table: day partitions on the partition field.
   dynamic "time_partitioning" {

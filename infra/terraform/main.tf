@@ -2,16 +2,23 @@ data "google_project" "this" {
   project_id = var.project
 }
 
+# Everything else the module needs. Two APIs cannot enable themselves: Terraform enables APIs
+# through Service Usage and reads the project (number, IAM) through Cloud Resource Manager, so the
+# bootstrap (README, step 1) enables both with gcloud before the first apply. They are listed here
+# too, so that Terraform records them and never turns them off.
 resource "google_project_service" "apis" {
   for_each = toset([
     "artifactregistry.googleapis.com", # gen2 functions keep their images there
     "bigquery.googleapis.com",
     "cloudbuild.googleapis.com", # builds the function source
     "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com", # bootstrapped: project IAM and number
     "cloudscheduler.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com", # build and function logs
     "pubsub.googleapis.com",
-    "run.googleapis.com", # gen2 functions run as Cloud Run services
+    "run.googleapis.com",          # gen2 functions run as Cloud Run services
+    "serviceusage.googleapis.com", # bootstrapped: enables the others
     "storage.googleapis.com",
   ])
 
@@ -21,8 +28,15 @@ resource "google_project_service" "apis" {
 }
 
 locals {
-  # The Pub/Sub service agent: it dead-letters messages and signs the push requests' OIDC tokens.
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  project_number = data.google_project.this.number
+
+  # Google-managed service agents. They exist once their API is enabled and its identity created
+  # (README, step 1: `gcloud beta services identity create`); grants to them fail before that.
+  # Pub/Sub's dead-letters messages and signs the push requests' OIDC tokens; Cloud Scheduler's
+  # signs the sync job's OIDC tokens; BigQuery's encrypts with var.kms_key_name.
+  pubsub_service_agent    = "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  scheduler_service_agent = "serviceAccount:service-${local.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+  bigquery_kms_agent      = "serviceAccount:bq-${local.project_number}@bigquery-encryption.iam.gserviceaccount.com"
 
   # The code's own deadline stays below the function timeout, so it answers (and Pub/Sub gets a
   # 5xx to retry) before the platform kills the request.
@@ -45,4 +59,9 @@ locals {
 
   # One source, one configuration: both functions read the same settings at start-up.
   function_env = merge(var.extra_environment_variables, local.optional_env, local.managed_env)
+
+  # functions-framework serves with gunicorn threads: THREADS (default 4 per vCPU) bounds the
+  # requests an instance really works on, whatever Cloud Run's concurrency. Without it, 76 of 80
+  # concurrent push requests would queue inside each instance (README, "Scale").
+  ingest_env = merge(local.function_env, { THREADS = tostring(var.ingest_concurrency) })
 }

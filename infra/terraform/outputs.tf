@@ -4,12 +4,12 @@ output "topic_id" {
 }
 
 output "ingest_url" {
-  description = "URL of the ingest function (private; the push subscription calls it)."
+  description = "URL of the ingest function (internal ingress and IAM: only the push subscription calls it)."
   value       = google_cloudfunctions2_function.ingest.service_config[0].uri
 }
 
 output "sync_url" {
-  description = "URL of the sync function (private; POST with an identity token to run a sync by hand)."
+  description = "URL of the sync function (internal ingress: reachable from this project's scheduler, not from the internet; run a sync by hand with `gcloud scheduler jobs run`)."
   value       = google_cloudfunctions2_function.sync.service_config[0].uri
 }
 
@@ -40,5 +40,11 @@ output "service_accounts" {
     sync      = google_service_account.sync.email
     push      = google_service_account.push.email
     scheduler = google_service_account.scheduler.email
+    build     = google_service_account.build.email
   }
+}
+
+output "function_image_repository" {
+  description = "Artifact Registry repository holding the functions' build images."
+  value       = google_artifact_registry_repository.functions.id
 }

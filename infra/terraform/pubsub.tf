@@ -1,14 +1,17 @@
+# kms_key_name: customer-managed encryption when set, Google-managed when null.
 resource "google_pubsub_topic" "calls" {
-  name = var.topic_name
+  name         = var.topic_name
+  kms_key_name = var.kms_key_name
 
-  depends_on = [google_project_service.apis]
+  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.cmek]
 }
 
 # Messages that failed max_delivery_attempts times land here and wait for an operator.
 resource "google_pubsub_topic" "dead_letter" {
-  name = "${var.topic_name}-dead-letter"
+  name         = "${var.topic_name}-dead-letter"
+  kms_key_name = var.kms_key_name
 
-  depends_on = [google_project_service.apis]
+  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.cmek]
 }
 
 # Without a subscription, messages published to the dead-letter topic would be dropped.
@@ -26,9 +29,11 @@ resource "google_pubsub_subscription" "dead_letter" {
 
 # An explicit push subscription instead of the function's event_trigger: an event_trigger makes
 # Eventarc create and own the subscription, so its dead-letter policy, retry backoff and ack
-# deadline are not ours to set (and would be reset on redeploy). Here we set all three. The
-# functions framework turns this raw Pub/Sub push body into a messagePublished CloudEvent; the
-# topic path in the URL makes the event's source name the topic.
+# deadline are not ours to set (and would be reset on redeploy). Here we set all three. The ingest
+# function receives the wrapped push body ({"message": ..., "subscription": ...}); the topic path
+# appended to the URL names the topic to functions-framework's CloudEvent conversion and is ignored
+# by an HTTP function (any path reaches it). Retry and dead-letter settings absorb a burst while
+# the function scales out: README, "Scale".
 resource "google_pubsub_subscription" "ingest" {
   name  = "${var.topic_name}-ingest"
   topic = google_pubsub_topic.calls.id
@@ -41,8 +46,8 @@ resource "google_pubsub_subscription" "ingest" {
   }
 
   retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
+    minimum_backoff = "${var.push_minimum_backoff_seconds}s"
+    maximum_backoff = "${var.push_maximum_backoff_seconds}s"
   }
 
   dead_letter_policy {
@@ -63,5 +68,7 @@ resource "google_pubsub_subscription" "ingest" {
     google_cloud_run_service_iam_member.push_invokes_ingest,
     google_pubsub_topic_iam_member.dead_letter_publisher,
     google_pubsub_subscription.dead_letter,
+    google_service_account_iam_member.pubsub_signs_push_tokens,
+    google_service_account_iam_member.deployer_acts_as,
   ]
 }

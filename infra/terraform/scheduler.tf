@@ -29,5 +29,9 @@ resource "google_cloud_scheduler_job" "sync" {
     }
   }
 
-  depends_on = [google_cloud_run_service_iam_member.scheduler_invokes_sync]
+  depends_on = [
+    google_cloud_run_service_iam_member.scheduler_invokes_sync,
+    google_service_account_iam_member.scheduler_signs_sync_tokens,
+    google_service_account_iam_member.deployer_acts_as,
+  ]
 }

@@ -55,10 +55,26 @@ variable "source_object" {
   type        = string
 }
 
-variable "build_service_account" {
-  description = "Service account Cloud Build uses to build the functions, as projects/PROJECT/serviceAccounts/EMAIL. null: the platform default."
+variable "deployer_member" {
+  description = "IAM member that runs `terraform apply` (usually serviceAccount:personas-deployer@PROJECT.iam.gserviceaccount.com, the Cloud Build deployer). It gets iam.serviceAccountUser (actAs) on every service account this module creates; null: grant that yourself (README, bootstrap)."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.deployer_member == null || can(regex("^(serviceAccount|user|group):[^@\\s]+@[^@\\s]+$", var.deployer_member))
+    error_message = "deployer_member must look like serviceAccount:EMAIL, user:EMAIL or group:EMAIL."
+  }
+}
+
+variable "kms_key_name" {
+  description = "Customer-managed key (projects/P/locations/L/keyRings/R/cryptoKeys/K) for the ops dataset, its tables and both topics. Its location must hold bigquery_location. null: Google-managed encryption."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_name == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
+    error_message = "kms_key_name must be projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
 }
 
 variable "personas_config" {
@@ -97,9 +113,9 @@ variable "ingest_deadline_margin_seconds" {
 }
 
 variable "ingest_max_instances" {
-  description = "Upper bound on ingest instances (bounds the BigQuery write rate and the cost)."
+  description = "Upper bound on ingest instances (bounds the BigQuery write rate and the cost). 100 absorbs a 10,000 messages/s burst: README, \"Scale\"."
   type        = number
-  default     = 20
+  default     = 100
 
   validation {
     condition     = var.ingest_max_instances >= 1
@@ -108,9 +124,9 @@ variable "ingest_max_instances" {
 }
 
 variable "ingest_concurrency" {
-  description = "Concurrent requests per ingest instance (gen2). More than 1 needs at least 1 vCPU (ingest_cpu)."
+  description = "Concurrent requests per ingest instance (gen2); also the THREADS of its functions-framework server. More than 1 needs at least 1 vCPU (ingest_cpu). README, \"Scale\"."
   type        = number
-  default     = 8
+  default     = 80
 
   validation {
     condition     = var.ingest_concurrency >= 1 && var.ingest_concurrency <= 1000
@@ -159,8 +175,30 @@ variable "sync_time_zone" {
   default     = "Etc/UTC"
 }
 
+variable "push_minimum_backoff_seconds" {
+  description = "Pub/Sub's first wait before redelivering a message the ingest function refused (5xx, 429, timeout)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.push_minimum_backoff_seconds >= 0 && var.push_minimum_backoff_seconds <= var.push_maximum_backoff_seconds
+    error_message = "push_minimum_backoff_seconds must be between 0 and push_maximum_backoff_seconds."
+  }
+}
+
+variable "push_maximum_backoff_seconds" {
+  description = "Longest wait between redeliveries of one message (Pub/Sub's limit: 600 s)."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.push_maximum_backoff_seconds > 0 && var.push_maximum_backoff_seconds <= 600
+    error_message = "push_maximum_backoff_seconds must be between 1 and 600."
+  }
+}
+
 variable "max_delivery_attempts" {
-  description = "Deliveries of one message before Pub/Sub moves it to the dead-letter topic."
+  description = "Deliveries of one message before Pub/Sub moves it to the dead-letter topic. With the backoffs, it must outlast a scale-out: README, \"Scale\"."
   type        = number
   default     = 10
 
