@@ -41,6 +41,7 @@ from zetasql.wasi._pb2.zetasql.public import type_pb2 as types
 from zetasql.wasi._pb2.zetasql.resolved_ast import resolved_node_kind_pb2 as node_kinds
 
 from personas_warehouse import naming, sql
+from personas_warehouse.settings import Settings
 from schemas.tables import table_specs
 
 BIGQUERY_MAX_QUERY_CHARS = 1_048_576  # "1,024K characters" per query text (BigQuery quotas page)
@@ -86,7 +87,7 @@ TYPE_KINDS = {
     "JSON": "JSON",
     "GEOGRAPHY": "GEOGRAPHY",
 }
-BIGQUERY_NAMES = {"DOUBLE": "FLOAT64", "INT64": "INT64"}  # ZetaSQL kind -> BigQuery name where they differ
+BIGQUERY_NAMES = {"DOUBLE": "FLOAT64"}  # ZetaSQL kinds whose BigQuery name differs
 _ARRAY = re.compile(r"^ARRAY<(\w+)>\Z")
 _ERROR = re.compile(r"^Code: (\d+), Message: (.*)\Z", re.S)
 
@@ -122,6 +123,7 @@ class Catalog:
 class Analysis:
     errors: list[str]
     kind: str = ""  # e.g. "query_stmt", "merge_stmt"
+    target: str = ""  # the table a DML statement writes, `project.dataset.table`
     columns: dict[str, str] = field(default_factory=dict)  # output columns of a query: name -> BigQuery type
 
 
@@ -129,7 +131,7 @@ def warehouse_catalog(
     project: str,
     spaces: Mapping[str, Mapping[str, str]],
     *,
-    ops_dataset: str = "personas__ops",
+    ops_dataset: str = Settings().ops_dataset,
     events: Iterable[str] = ("Audience Entered", "Trait Computed"),
 ) -> Catalog:
     """Every table tables.json declares, as the project creates them: for each space (slug -> trait
@@ -167,6 +169,7 @@ class Analyzer:
     """One instance of ZetaSQL's local service in wasm; `load()` once per process (a session fixture)."""
 
     def __init__(self, module: wasmtime.Module, engine: wasmtime.Engine) -> None:
+        self._engine, self._module = engine, module
         self.store = wasmtime.Store(engine)
         wasi = wasmtime.WasiConfig()
         wasi.inherit_stderr()
@@ -213,11 +216,14 @@ class Analyzer:
         return self.analysis(sql, params, catalog).errors
 
     def analysis(self, sql: str, params: Mapping[str, str], catalog: Catalog) -> Analysis:
+        """`analyze`, plus what the analyzer read: the statement's kind, the table it writes, the
+        columns it returns (the recording fake answers queries with rows of that shape)."""
         request = service.AnalyzeRequest(
             options=options.AnalyzerOptionsProto(
                 language_options=self.language,
                 error_message_mode=public_options.ERROR_MESSAGE_ONE_LINE,
                 parameter_mode=public_options.PARAMETER_NAMED,
+                prune_unused_columns=True,  # smaller resolved trees to send back
                 query_parameters=[
                     options.AnalyzerOptionsProto.QueryParameterProto(name=n, type=type_proto(t))
                     for n, t in params.items()
@@ -233,24 +239,31 @@ class Analyzer:
         statement = response.resolved_statement
         kind = statement.WhichOneof("node") or ""
         columns: dict[str, str] = {}
+        node = getattr(statement, kind) if kind else None
+        target = (
+            node.table_scan.table.full_name
+            if node is not None and "table_scan" in node.DESCRIPTOR.fields_by_name
+            else ""
+        )
         if kind == "resolved_query_stmt_node":
             for out in statement.resolved_query_stmt_node.output_column_list:
                 zeta = types.TypeKind.Name(out.column.type.type_kind).removeprefix("TYPE_")
                 columns[out.name] = BIGQUERY_NAMES.get(zeta, zeta)
-        return Analysis([], kind.removeprefix("resolved_").removesuffix("_node"), columns)
+        return Analysis([], kind.removeprefix("resolved_").removesuffix("_node"), target, columns)
 
     def close(self) -> None:
         """Release the wasm instance now, not in finalizers at interpreter exit (they then fail noisily)."""
         self._exports = {}
-        self._memory.close()
-        self.store.close()
+        for resource in (self._memory, self.store, self._module, self._engine):
+            resource.close()
 
     # -- internals ------------------------------------------------------------------------------
 
     def _catalog_proto(self, catalog: Catalog, sql: str) -> catalogs.SimpleCatalogProto:
-        """Tables under their dotted names and nested catalogs; views the statement names, with the
-        columns their query yields now (BigQuery resolves a view's `*` when it is queried)."""
-        found = dict(catalog.tables)
+        """The tables and views the statement names (sending all of them costs seconds with thousands of
+        columns), tables under each name BigQuery accepts, views with the columns their query yields
+        now (BigQuery resolves a view's `*` when it is queried)."""
+        found = {path: columns for path, columns in catalog.tables.items() if path.rsplit(".", 1)[-1] in sql}
         for path, query in catalog.views.items():
             if path.rsplit(".", 1)[-1] in sql:
                 view = self.analysis(query, {}, Catalog(catalog.tables))
@@ -272,9 +285,9 @@ class Analyzer:
                     projects[project] = root.catalog.add(name=project)
                 datasets[prefix] = projects[project].catalog.add(name=dataset)
                 qualified[prefix] = root.catalog.add(name=prefix)
-            root.table.append(_table(path, columns))  # `p.d.t`
-            datasets[prefix].table.append(_table(name, columns))  # p.d.t, `p`.`d`.`t`
-            qualified[prefix].table.append(_table(name, columns))  # `p.d`.t
+            root.table.append(_table(path, path, columns))  # `p.d.t`
+            datasets[prefix].table.append(_table(name, path, columns))  # p.d.t, `p`.`d`.`t`
+            qualified[prefix].table.append(_table(name, path, columns))  # `p.d`.t
         return root
 
     def _call(self, method: str, request: service.AnalyzeRequest) -> bytes:
@@ -308,7 +321,9 @@ class _ServiceError(Exception):
     pass
 
 
-def _table(name: str, columns: Mapping[str, str]) -> tables.SimpleTableProto:
+def _table(name: str, path: str, columns: Mapping[str, str]) -> tables.SimpleTableProto:
     return tables.SimpleTableProto(
-        name=name, column=[tables.SimpleColumnProto(name=c, type=type_proto(t)) for c, t in columns.items()]
+        name=name,
+        full_name=path,
+        column=[tables.SimpleColumnProto(name=c, type=type_proto(t)) for c, t in columns.items()],
     )

@@ -258,12 +258,12 @@ def _around(sql: str, error: str) -> str:
 
 
 def merges(client: RecordingBigQuery, analyzer: sqlcheck.Analyzer) -> Counter[str]:
-    """Space datasets whose users table got a MERGE."""
+    """Datasets whose users table got a MERGE, by the analyzer's reading of each statement."""
     found: Counter[str] = Counter()
     for statement in client.statements:
-        if statement.analyze(analyzer).kind == "merge_stmt":
-            target = re.search(r"MERGE\s+`[^`]*\.(personas_\w+)\.users`", statement.sql)
-            found[target[1] if target else "?"] += 1
+        analysis = statement.analyze(analyzer)
+        if analysis.kind == "merge_stmt" and analysis.target.endswith(".users"):
+            found[analysis.target.rsplit(".", 2)[1]] += 1
     return found
 
 
