@@ -292,7 +292,7 @@ def test_a_dropped_table_is_created_again_and_written(fake: StrictFakeBigQuery, 
     outcome = ingest(message(identify("b", plan="silver"), "m-2"), warehouse, SETTINGS)
     assert outcome.rows == {"personas_default.identifies": 1}
     assert [(r["id"], r["plan"]) for r in fake.rows[IDENTIFIES]] == [("b", "silver")]
-    assert fake.tables[IDENTIFIES].time_partitioning.field == "received_at"
+    assert fake.tables[IDENTIFIES].time_partitioning.field == "loaded_at"
 
 
 def test_a_table_missing_past_the_deadline_raises_for_redelivery(
