@@ -33,6 +33,7 @@ def collect(
     subscriber: Subscriber | None = None,
     dead_letter_subscription: str | None = None,
     now: Callable[[], datetime] = common.now_utc,
+    peek_limit: int = common.PEEK_LIMIT,
 ) -> dict[str, Any]:
     at = now()
     hour, day = at - timedelta(hours=1), at - timedelta(days=1)
@@ -73,7 +74,7 @@ def collect(
 
     dead_letter: dict[str, Any] = {"subscription": dead_letter_subscription, "backlog": None, "by_space": {}}
     if subscriber is not None and dead_letter_subscription:
-        messages, complete = common.peek(subscriber, dead_letter_subscription)
+        messages, complete = common.peek(subscriber, dead_letter_subscription, peek_limit)
         dead_letter["backlog"] = len(messages) if complete else f">={len(messages)}"
         dead_letter["by_space"] = dict(sorted(Counter(common.dead_letter_space(m) for m in messages).items()))
 
