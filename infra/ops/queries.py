@@ -20,6 +20,9 @@ from personas_warehouse.sql import table
 RAW_TABLES = ("identifies", "tracks")  # every call has exactly one row in one of them
 CHUNK = 10_000  # ids per query parameter array: well under BigQuery's 1 MB of parameters
 SYNC_OK = ("success", "partial")  # the statuses whose watermark the sync itself counts
+# A call refused before routing (bad JSON, schema violation) has no `space`; its `space` attribute says
+# where it was going. A constant expression, no value in it.
+REJECTED_SPACE = "COALESCE(space, JSON_VALUE(attributes, '$.space'))"
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def raw_id_counts(project: str, tables: Sequence[SpaceTable], ids: Sequence[str]
 def rejections_by_message(project: str, ops_dataset: str, message_ids: Sequence[str]) -> Query:
     """Rejections of these Pub/Sub messages (a message redelivered may have been recorded twice)."""
     sql = (
-        "SELECT DISTINCT message_id, call_index, space, error_class "
+        f"SELECT DISTINCT message_id, call_index, {REJECTED_SPACE} AS space, error_class "
         f"FROM {table(project, ops_dataset, 'rejected_messages')} WHERE message_id IN UNNEST(@ids)"
     )
     return Query("rejections_by_message", sql, (Param("ids", "STRING", list(message_ids)),))
@@ -89,7 +92,8 @@ def raw_window(project: str, tables: Sequence[SpaceTable], start: datetime, end:
 def rejections_window(project: str, ops_dataset: str, start: datetime, end: datetime) -> Query:
     """Distinct rejected calls per space and class published in [start, end)."""
     sql = (
-        "SELECT space, error_class, COUNT(*) AS n FROM (SELECT DISTINCT message_id, call_index, space, error_class "
+        "SELECT space, error_class, COUNT(*) AS n FROM ("
+        f"SELECT DISTINCT message_id, call_index, {REJECTED_SPACE} AS space, error_class "
         f"FROM {table(project, ops_dataset, 'rejected_messages')} "
         "WHERE publish_time >= @start AND publish_time < @end) GROUP BY space, error_class"
     )
@@ -99,8 +103,8 @@ def rejections_window(project: str, ops_dataset: str, start: datetime, end: date
 def rejections_since(project: str, ops_dataset: str, since: datetime) -> Query:
     """Rejections recorded since `since`, per space and class (status: the last 24 hours)."""
     sql = (
-        f"SELECT space, error_class, COUNT(*) AS n FROM {table(project, ops_dataset, 'rejected_messages')} "
-        "WHERE received_at >= @since GROUP BY space, error_class"
+        f"SELECT {REJECTED_SPACE} AS space, error_class, COUNT(*) AS n "
+        f"FROM {table(project, ops_dataset, 'rejected_messages')} WHERE received_at >= @since GROUP BY 1, 2"
     )
     return Query("rejections_since", sql, (Param("since", "TIMESTAMP", since),))
 
@@ -154,7 +158,7 @@ def rejected_to_replay(
     where: list[str] = []
     params: list[Param] = []
     if space is not None:
-        where.append("space = @space")
+        where.append(f"{REJECTED_SPACE} = @space")
         params.append(Param("space", "STRING", space))
     if error_class is not None:
         where.append("error_class = @error_class")
@@ -169,7 +173,8 @@ def rejected_to_replay(
         where.append("publish_time < @end")
         params.append(Param("end", "TIMESTAMP", end))
     sql = (
-        "SELECT message_id, call_index, space, error_class, attributes, data, data_truncated, publish_time "
+        f"SELECT message_id, call_index, {REJECTED_SPACE} AS space, error_class, attributes, data, data_truncated, "
+        "publish_time "
         f"FROM {table(project, ops_dataset, 'rejected_messages')}"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY publish_time, message_id, call_index"

@@ -14,7 +14,9 @@ Every republished message carries `replay_of=<original message id>` and the orig
 (`space` included). Each replay is a row of `<ops dataset>.replays` (created on first use), and a call
 already replayed (outcome `published`) is skipped: running the command twice replays nothing twice.
 What became of a replay: join `replays.new_message_id` to `rejected_messages.message_id` (refused
-again), else its rows carry the call's own id as before.
+again), else its rows carry the call's own id as before. A replay refused again is not replayed by the
+next run (that would chain replays of an unfixed cause forever): it is counted as "refused again", and
+`--include-replays` replays such rejections too (each, again, only once).
 
 Exit status: 0 done (or nothing to do); 1 something was refused or failed to publish; 2 bad usage.
 """
@@ -56,6 +58,7 @@ class Filters:
     message_ids: tuple[str, ...] = ()
     start: datetime | None = None
     end: datetime | None = None
+    include_replays: bool = False  # also rejections of messages that were themselves replays
 
     def matches_dead_letter(self, message: Pulled) -> bool:
         if self.error_class is not None:  # dead letters were never classified
@@ -92,6 +95,7 @@ class Summary:
     dry_run: bool = False
     published: list[Candidate] = field(default_factory=list)
     already: int = 0
+    refused_again: int = 0  # rejections of earlier replays, left alone (see --include-replays)
     refused: list[Candidate] = field(default_factory=list)
     failed: list[tuple[Candidate, str]] = field(default_factory=list)
     would: list[Candidate] = field(default_factory=list)
@@ -105,6 +109,7 @@ class Summary:
             "dry_run": self.dry_run,
             "published": len(self.published),
             "already_replayed": self.already,
+            "refused_again": self.refused_again,
             "refused": [
                 {"message_id": c.message_id, "call_index": c.call_index, "why": c.refusal} for c in self.refused
             ],
@@ -115,11 +120,12 @@ class Summary:
     def line(self) -> str:
         if self.dry_run:
             return (
-                f"dry run: would replay {len(self.would)}, already replayed {self.already}, refused {len(self.refused)}"
+                f"dry run: would replay {len(self.would)}, already replayed {self.already}, "
+                f"replays refused again {self.refused_again}, refused {len(self.refused)}"
             )
         return (
-            f"replayed {len(self.published)}, already replayed {self.already}, refused {len(self.refused)}, "
-            f"failed {len(self.failed)}"
+            f"replayed {len(self.published)}, already replayed {self.already}, "
+            f"replays refused again {self.refused_again}, refused {len(self.refused)}, failed {len(self.failed)}"
         )
 
 
@@ -234,6 +240,8 @@ def replay_rejected(
     for (message_id, call_index), candidate in candidates.items():
         if (message_id, call_index, REJECTED) in done:
             summary.already += 1
+        elif REPLAY_OF in candidate.attributes and not filters.include_replays:
+            summary.refused_again += 1
         elif candidate.refusal:
             summary.refused.append(candidate)
         else:
@@ -253,7 +261,7 @@ def replay_rejected(
             summary.published.append(candidate)
         else:
             summary.failed.append((candidate, error or ""))
-        if bar:
+        if bar is not None:
             bar.update(1)
     return summary
 
@@ -320,7 +328,7 @@ def replay_dead_letters(
                     else:
                         summary.failed.append((candidate, error or ""))
                         give_back.append(message.ack_id)
-                    if bar:
+                    if bar is not None:
                         bar.update(1)
             common.acknowledge(subscriber, subscription, ack)
     finally:
@@ -341,6 +349,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--from", dest="start", type=common.time_arg, metavar="T", help="published at or after T")
     parser.add_argument("--to", dest="end", type=common.time_arg, metavar="T", help="published before T")
     parser.add_argument("--dead-letter-subscription", metavar="SUB", help="also replay what waits in this subscription")
+    parser.add_argument(
+        "--include-replays", action="store_true", help="also replay rejections of earlier replays (refused again)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would be replayed; change nothing")
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
     common.add_common_flags(parser)
@@ -349,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    filters = Filters(args.space, args.error_class, tuple(args.message_id), args.start, args.end)
+    filters = Filters(args.space, args.error_class, tuple(args.message_id), args.start, args.end, args.include_replays)
     reader = common.make_warehouse(args.project, args.ops_dataset)
     publisher = None if args.dry_run else common.make_publisher()
     topic = common.topic_path(args.project, args.topic)

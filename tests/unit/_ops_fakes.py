@@ -18,6 +18,11 @@ from infra.ops.queries import Query
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
+def _space(row: dict[str, Any]) -> str | None:
+    """COALESCE(space, JSON_VALUE(attributes, '$.space')), as queries.REJECTED_SPACE."""
+    return row["space"] or json.loads(row["attributes"] or "{}").get("space")
+
+
 @dataclass
 class FakeReader:
     project: str = "personas-test"
@@ -36,6 +41,8 @@ class FakeReader:
         self.raw[(space, "discards")].append({"table_name": table, "column_name": column, "loaded_at": loaded})
 
     def reject(self, message_id: str, call_index: int | None, error_class: str, space: str | None, **more: Any) -> None:
+        """A rejected_messages row; `space` goes to the attribute too (pass space_column=None for a call
+        refused before routing, whose space column is null)."""
         row = {
             "message_id": message_id,
             "call_index": call_index,
@@ -44,10 +51,12 @@ class FakeReader:
             "publish_time": T0,
             "received_at": T0,
             "attributes": json.dumps({"space": space} if space else {}),
+            "space_column": space,
             "data": '{"type":"identify","messageId":"x"}',
             "data_truncated": False,
         }
         row.update(more)
+        row["space"] = row.pop("space_column")
         self.ops.setdefault("rejected_messages", []).append(row)
 
     def sync(self, space: str, status: str, started: datetime, watermark: datetime | None) -> None:
@@ -100,7 +109,7 @@ class FakeReader:
     def _rejections_by_message(self, query: Query) -> list[dict[str, Any]]:
         ids = set(query.param("ids"))
         keys = {
-            (r["message_id"], r["call_index"], r["space"], r["error_class"])
+            (r["message_id"], r["call_index"], _space(r), r["error_class"])
             for r in self.ops.get("rejected_messages", [])
             if r["message_id"] in ids
         }
@@ -120,7 +129,7 @@ class FakeReader:
     def _rejections_window(self, query: Query) -> list[dict[str, Any]]:
         start, end = query.param("start"), query.param("end")
         keys = {
-            (r["message_id"], r["call_index"], r["space"], r["error_class"])
+            (r["message_id"], r["call_index"], _space(r), r["error_class"])
             for r in self.ops.get("rejected_messages", [])
             if start <= r["publish_time"] < end
         }
@@ -130,7 +139,7 @@ class FakeReader:
     def _rejections_since(self, query: Query) -> list[dict[str, Any]]:
         since = query.param("since")
         counts = Counter(
-            (r["space"], r["error_class"]) for r in self.ops.get("rejected_messages", []) if r["received_at"] >= since
+            (_space(r), r["error_class"]) for r in self.ops.get("rejected_messages", []) if r["received_at"] >= since
         )
         return [{"space": s, "error_class": c, "n": n} for (s, c), n in counts.items()]
 
@@ -180,7 +189,7 @@ class FakeReader:
         params = {p.name: p.value for p in query.params}
         out = []
         for r in self.ops.get("rejected_messages", []):
-            if "space" in params and r["space"] != params["space"]:
+            if "space" in params and _space(r) != params["space"]:
                 continue
             if "error_class" in params and r["error_class"] != params["error_class"]:
                 continue
@@ -190,7 +199,7 @@ class FakeReader:
                 continue
             if "end" in params and r["publish_time"] >= params["end"]:
                 continue
-            out.append(dict(r))
+            out.append({**r, "space": _space(r)})
         return out
 
     def _replayed(self, query: Query) -> list[dict[str, Any]]:

@@ -3,12 +3,14 @@ a batch call replayed alone, dead letters acked only after their republish."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tqdm import tqdm
 
 from infra.ops import common, replay
 from infra.ops.replay import Filters, replay_dead_letters, replay_payload, replay_rejected
@@ -116,14 +118,20 @@ def test_dead_letters_are_acked_only_after_a_successful_republish() -> None:
         ]
     )
     publisher = FakePublisher(fail=lambda data: data == b"fail")
+    bars: list[tqdm[Any]] = []
 
-    summary = replay_dead_letters(reader, publisher, TOPIC, sub, SUB, Filters(space="mkt"))
+    def progress(total: int | None) -> tqdm[Any]:
+        bars.append(tqdm(total=total, file=io.StringIO()))  # a real bar: an unknown total must work
+        return bars[-1]
+
+    summary = replay_dead_letters(reader, publisher, TOPIC, sub, SUB, Filters(space="mkt"), progress=progress)
 
     assert [(d, a) for _, d, a in publisher.published] == [(b'{"ok":1}', {"space": "mkt", "replay_of": "d1"})]
     assert sub.acked == ["d1"], "only the republished message is acked"
     assert set(sub.messages) == {"d2", "d3"} and not sub.leased, "the others are handed back"
     assert [r["outcome"] for r in reader.ops["replays"]] == ["published", "publish_failed"]
     assert summary.exit_status == 1
+    assert bars[0].n == 2
 
 
 def test_a_dead_letter_replayed_before_is_acked_without_republishing() -> None:
@@ -174,3 +182,30 @@ def test_main_dry_run_prints_and_exit_codes(
     assert replay.main(["--topic", "personas-calls", "--message-id", "m1"]) == 0
     [(topic, _, attributes)] = publisher.published
     assert topic.endswith("/topics/personas-calls") and attributes["replay_of"] == "m1"
+
+
+def test_space_filter_matches_a_call_refused_before_routing_by_its_space_attribute() -> None:
+    """A schema violation has no `space` column; its `space` attribute says where it was going."""
+    reader, publisher = FakeReader(), FakePublisher()
+    reader.reject("m1", 0, "schema_violation", "mkt", space_column=None)
+    reader.reject("m2", 0, "schema_violation", "sales", space_column=None)
+    replay_rejected(reader, publisher, TOPIC, Filters(space="mkt"))
+    assert [a for _, _, a in publisher.published] == [{"space": "mkt", "replay_of": "m1"}]
+    assert reader.ops["replays"][0]["space"] == "mkt"
+
+
+def test_a_replay_refused_again_is_not_replayed_unless_asked() -> None:
+    """Without this, every run would replay the previous run's replay of an unfixed cause."""
+    reader, publisher = FakeReader(), FakePublisher()
+    reader.reject("m1", 0, "schema_violation", "mkt")
+    replay_rejected(reader, publisher, TOPIC, Filters())
+    reader.reject("new-1", 0, "schema_violation", "mkt", attributes='{"space": "mkt", "replay_of": "m1"}')
+
+    second = replay_rejected(reader, publisher, TOPIC, Filters())
+    assert (len(second.published), second.already, second.refused_again) == (0, 1, 1)
+    assert len(publisher.published) == 1
+
+    third = replay_rejected(reader, publisher, TOPIC, Filters(include_replays=True))
+    assert len(third.published) == 1 and publisher.published[-1][2]["replay_of"] == "new-1"
+    fourth = replay_rejected(reader, publisher, TOPIC, Filters(include_replays=True))
+    assert len(fourth.published) == 0 and fourth.already == 2

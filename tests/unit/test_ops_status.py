@@ -125,3 +125,9 @@ def test_render_fits_one_screen_and_json_is_the_same_data(capsys: pytest.Capture
 )
 def test_duration(seconds: int | None, text: str) -> None:
     assert status.duration(seconds) == text
+
+
+def test_a_rejection_before_routing_counts_for_the_space_of_its_attribute() -> None:
+    reader = FakeReader()
+    reader.reject("m1", 0, "schema_violation", "mkt", space_column=None, received_at=NOW)
+    assert collect(reader)["mkt"]["rejections_24h"] == {"schema_violation": 1}
