@@ -117,7 +117,7 @@ def duration(seconds: int | None) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-    lines = [f"status of {data['project']} at {data['generated_at']}"]
+    lines = [f"status of {data['project']} at {data['generated_at'][:19]}Z"]
     rows = []
     for s in data["spaces"]:
         last = (s["last_success"] or "never")[:19].replace("T", " ")
