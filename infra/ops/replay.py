@@ -50,6 +50,8 @@ class Publisher(Protocol):
 class Progress(Protocol):
     def update(self, n: int = 1) -> Any: ...
 
+    def close(self) -> Any: ...
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -254,15 +256,19 @@ def replay_rejected(
     assert publisher is not None
     reader.ensure_ops_table(REPLAYS)
     bar = progress(len(todo)) if progress else None
-    for candidate in todo:
-        new_id, error = _publish(publisher, topic, candidate)
-        _record(reader, candidate, new_id, error, now)
-        if new_id:
-            summary.published.append(candidate)
-        else:
-            summary.failed.append((candidate, error or ""))
+    try:
+        for candidate in todo:
+            new_id, error = _publish(publisher, topic, candidate)
+            _record(reader, candidate, new_id, error, now)
+            if new_id:
+                summary.published.append(candidate)
+            else:
+                summary.failed.append((candidate, error or ""))
+            if bar is not None:
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.update(1)
+            bar.close()
     return summary
 
 
@@ -333,6 +339,8 @@ def replay_dead_letters(
             common.acknowledge(subscriber, subscription, ack)
     finally:
         common.release(subscriber, subscription, give_back)
+        if bar is not None:
+            bar.close()
     return summary
 
 
