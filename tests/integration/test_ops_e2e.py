@@ -147,7 +147,8 @@ def test_dead_letters_are_counted_and_replayed(
     code, out = run(status.main, ["--dead-letter-subscription", dl_sub], capsys)
     assert out["dead_letter"]["backlog"] == 1 and out["dead_letter"]["by_space"] == {space: 1}
 
-    code, out = run(replay.main, ["--topic", stack.config.topic, "--dead-letter-subscription", dl_sub], capsys)
+    argv = ["--topic", stack.config.topic, "--space", space, "--dead-letter-subscription", dl_sub]
+    code, out = run(replay.main, argv, capsys)
     assert (code, out["published"]) == (0, 1)
     [row] = wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
     assert row["id"] == f"{space}-dl"
