@@ -75,11 +75,18 @@ class Warehouse:
             return frozenset()
 
     def ensure_ops_table(self, kind: str) -> None:
-        """Create an ops table from tables.json if it is missing (Terraform creates it in production)."""
+        """Create an ops table from tables.json if it is missing (Terraform creates it in production). Looks
+        first, so an operator without create permissions is not refused when the table is there."""
+        from google.api_core import exceptions as gexc
         from google.cloud import bigquery
 
+        if kind in self.ops_tables():
+            return
         table_spec = spec(kind)
-        self.client.create_dataset(f"{self.project}.{self.ops_dataset}", exists_ok=True)
+        try:
+            self.client.get_dataset(f"{self.project}.{self.ops_dataset}")
+        except gexc.NotFound:
+            self.client.create_dataset(f"{self.project}.{self.ops_dataset}", exists_ok=True)
         table = bigquery.Table(
             f"{self.project}.{self.ops_dataset}.{kind}",
             schema=[bigquery.SchemaField(c.name, c.type, description=c.description) for c in table_spec.columns],
