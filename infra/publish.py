@@ -1,11 +1,15 @@
 """Publish Segment Personas calls from a JSON-lines file to Pub/Sub, for demos, backfills and replays.
 
     python -m infra.publish calls.jsonl [--batch 100] [--attribute space=marketing] [--project P] [--topic T]
+        [--ids-file published.jsonl]
 
 One call per line (`-` reads stdin). Each line is checked locally: one that is not a JSON object is refused
 with its line number and never published, rather than becoming an anonymous row in the ingest function's
 rejection table. Talks to the emulator when PUBSUB_EMULATOR_HOST is set (the client reads it), else to
 Pub/Sub with application-default credentials.
+
+`--ids-file` records every confirmed message as a JSON line `{"pubsub_id", "call_ids", "space"}` (the
+call messageIds it carried, in order; `space` is the attribute, or null) for `python -m infra.ops.reconcile`.
 
 Exit status: 0 all published; 1 a line was refused or a publish failed; 2 bad usage or unreadable input.
 """
@@ -128,6 +132,17 @@ def encode_call(raw: str | bytes) -> bytes:
         raise _Refused("contains a lone UTF-16 surrogate escape, which is not valid Unicode") from None
 
 
+def call_id(data: bytes) -> str | None:
+    """The messageId of an encoded call (what its row's `id` will be), or None when it has no string one."""
+    value = json.loads(data).get("messageId")
+    return value if isinstance(value, str) else None
+
+
+def ids_line(pubsub_id: str, call_ids: Sequence[str | None], space: str | None) -> str:
+    """One line of the ids file that infra.ops.reconcile reads."""
+    return json.dumps({"pubsub_id": pubsub_id, "call_ids": list(call_ids), "space": space}) + "\n"
+
+
 def _lines_label(first: int, last: int, calls: int) -> str:
     return f"line {first}" if calls == 1 else f"lines {first}-{last} ({calls} calls)"
 
@@ -145,26 +160,38 @@ def publish_lines(
     attributes: dict[str, str] | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] = _stderr,
+    on_published: Callable[[str, list[str | None]], None] | None = None,
 ) -> Summary:
     """Publish every line, then wait for every future; never raises for a bad line or a failed publish.
 
     `batch` None: one call per message. `batch` N: {"batch": [...]} envelopes of up to N calls (fewer only
     when N would exceed Pub/Sub's size limit). `progress` advances by one per line once it is settled:
-    its message confirmed or failed, or the line refused. Futures complete on the client's threads, so
-    their callbacks only enqueue; all counting and logging happens on this thread.
+    its message confirmed or failed, or the line refused. `on_published(pubsub message id, call ids)` is
+    called once per confirmed message (call ids: each call's messageId, None when it has none). Futures
+    complete on the client's threads, so their callbacks only enqueue; all counting and logging happens on
+    this thread.
     """
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     attributes = dict(attributes or {})
     attribute_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
     summary = Summary()
-    settled: queue.SimpleQueue[tuple[int, int, int, BaseException | None]] = queue.SimpleQueue()
+    settled: queue.SimpleQueue[tuple[int, int, int, BaseException | None, str, list[str | None]]] = queue.SimpleQueue()
     outstanding = 0
 
-    def settle(first: int, last: int, calls: int, error: BaseException | None) -> None:
+    def settle(
+        first: int,
+        last: int,
+        calls: int,
+        error: BaseException | None,
+        message_id: str = "",
+        ids: Sequence[str | None] = (),
+    ) -> None:
         if error is None:
             summary.messages += 1
             summary.calls += calls
+            if on_published is not None:
+                on_published(message_id, list(ids))
         else:
             text = f"{type(error).__name__}: {error}"
             summary.failed.append(Failure(first, last, calls, text))
@@ -182,15 +209,18 @@ def publish_lines(
             outstanding -= 1
             settle(*item)
 
-    def send(data: bytes, first: int, last: int, calls: int) -> None:
+    def send(data: bytes, first: int, last: int, calls: int, ids: list[str | None]) -> None:
         nonlocal outstanding
 
         def done(future: Future[Any]) -> None:
+            message_id = ""
             try:
                 error = future.exception()
+                if error is None:
+                    message_id = str(future.result())
             except CancelledError as exc:
                 error = exc
-            settled.put((first, last, calls, error))
+            settled.put((first, last, calls, error, message_id, ids))
 
         try:
             future = publisher.publish(topic_path, data, **attributes)
@@ -202,6 +232,7 @@ def publish_lines(
         drain(block=False)
 
     pending: list[bytes] = []
+    pending_ids: list[str | None] = []
     pending_lines: list[int] = []
     pending_bytes = _ENVELOPE_BYTES + attribute_bytes
 
@@ -209,8 +240,9 @@ def publish_lines(
         nonlocal pending_bytes
         if pending:
             envelope = _ENVELOPE_OPEN + b",".join(pending) + _ENVELOPE_CLOSE
-            send(envelope, pending_lines[0], pending_lines[-1], len(pending))
+            send(envelope, pending_lines[0], pending_lines[-1], len(pending), list(pending_ids))
         pending.clear()
+        pending_ids.clear()
         pending_lines.clear()
         pending_bytes = _ENVELOPE_BYTES + attribute_bytes
 
@@ -230,12 +262,14 @@ def publish_lines(
             if progress is not None:
                 progress.update(1)
             continue
+        ids = [call_id(data)] if on_published is not None else []
         if batch is None:
-            send(data, number, number, 1)
+            send(data, number, number, 1, ids)
             continue
         if pending and pending_bytes + len(data) + 1 > MAX_MESSAGE_BYTES:
             flush()
         pending.append(data)
+        pending_ids.extend(ids)
         pending_lines.append(number)
         pending_bytes += len(data) + 1
         if len(pending) >= batch:
@@ -295,6 +329,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="message attribute, e.g. space=marketing; repeatable",
     )
+    parser.add_argument(
+        "--ids-file",
+        metavar="PATH",
+        help="write each published message's id and call ids here (JSON lines) for infra.ops.reconcile",
+    )
     return parser
 
 
@@ -327,10 +366,20 @@ def publish_file(
     topic: str,
     batch: int | None = None,
     attributes: dict[str, str] | None = None,
+    ids_file: str | os.PathLike[str] | None = None,
 ) -> Summary:
     """A JSON-lines file (`-`: stdin) through the real client, with a progress bar on big inputs. Shared by
-    main and `make demo` (infra/local/demo.py). Raises OSError if the file cannot be read."""
+    main and `make demo` (infra/local/demo.py). Raises OSError if the file cannot be read (or the ids file
+    written)."""
     with contextlib.ExitStack() as stack:
+        on_published = None
+        if ids_file is not None:
+            ids_out = stack.enter_context(open(ids_file, "w", encoding="utf-8"))
+            space = (attributes or {}).get("space")
+
+            def on_published(message_id: str, call_ids: list[str | None]) -> None:
+                ids_out.write(ids_line(message_id, call_ids, space))
+
         # Binary: lines split on b"\n" only (text mode would also split on a stray \r), and a bad byte
         # refuses its line instead of aborting the read.
         source = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))
@@ -347,6 +396,7 @@ def publish_file(
                     attributes=attributes,
                     progress=bar,
                     log=_write,
+                    on_published=on_published,
                 )
         finally:
             publisher.stop()
@@ -362,10 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         attributes[key] = value
     try:
         summary = publish_file(
-            args.file, project=args.project, topic=args.topic, batch=args.batch, attributes=attributes
+            args.file,
+            project=args.project,
+            topic=args.topic,
+            batch=args.batch,
+            attributes=attributes,
+            ids_file=args.ids_file,
         )
     except OSError as exc:
-        print(f"publish: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"publish: cannot read {exc.filename or args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except google.auth.exceptions.DefaultCredentialsError as exc:
         print(f"publish: no Google credentials ({exc}); set PUBSUB_EMULATOR_HOST for the emulator", file=sys.stderr)

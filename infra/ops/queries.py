@@ -1,0 +1,192 @@
+"""Every SQL text of the operator commands, in one place. Pure: no client, no I/O.
+
+Identifiers go through `personas_warehouse.sql.table` (validated, backtick-quoted); every value (ids,
+spaces, times, classes) is a query parameter. Each function returns a `Query` whose `kind` names what
+it answers, so a fake runner in the unit tests can answer it from memory.
+
+"Few queries": the per-space questions are one query across all spaces (UNION ALL of the space
+datasets, each part tagged with its space as a parameter), not one query per space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from personas_warehouse.sql import table
+
+RAW_TABLES = ("identifies", "tracks")  # every call has exactly one row in one of them
+CHUNK = 10_000  # ids per query parameter array: well under BigQuery's 1 MB of parameters
+SYNC_OK = ("success", "partial")  # the statuses whose watermark the sync itself counts
+# A call refused before routing (bad JSON, schema violation) has no `space`; its `space` attribute says
+# where it was going. A constant expression, no value in it.
+REJECTED_SPACE = "COALESCE(space, JSON_VALUE(attributes, '$.space'))"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # STRING, INT64, TIMESTAMP; a list value makes an ARRAY<type> parameter
+    value: Any
+
+
+@dataclass(frozen=True)
+class Query:
+    kind: str
+    sql: str
+    params: tuple[Param, ...] = ()
+
+    def param(self, name: str) -> Any:
+        return next(p.value for p in self.params if p.name == name)
+
+
+@dataclass(frozen=True)
+class SpaceTable:
+    """One existing table of one space dataset."""
+
+    space: str
+    dataset: str
+    table: str
+
+
+def chunks(items: Sequence[str], size: int = CHUNK) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _union(project: str, tables: Sequence[SpaceTable], select: str, where: str) -> tuple[str, list[Param]]:
+    """`SELECT @sN AS space, <select> FROM <table> WHERE <where>` for each table, joined by UNION ALL."""
+    spaces = sorted({t.space for t in tables})
+    names = {space: f"s{i}" for i, space in enumerate(spaces)}
+    parts = [
+        f"SELECT @{names[t.space]} AS space, {select} FROM {table(project, t.dataset, t.table)} WHERE {where}"
+        for t in tables
+    ]
+    return "\nUNION ALL\n".join(parts), [Param(names[s], "STRING", s) for s in spaces]
+
+
+def raw_id_counts(project: str, tables: Sequence[SpaceTable], ids: Sequence[str]) -> Query:
+    """How many raw rows each of `ids` has, per space (more than one: duplicates the views remove)."""
+    union, params = _union(project, tables, "id", "id IN UNNEST(@ids)")
+    sql = f"SELECT space, id, COUNT(*) AS n FROM (\n{union}\n) GROUP BY space, id"
+    return Query("raw_id_counts", sql, (*params, Param("ids", "STRING", list(ids))))
+
+
+def rejections_by_message(project: str, ops_dataset: str, message_ids: Sequence[str]) -> Query:
+    """Rejections of these Pub/Sub messages (a message redelivered may have been recorded twice)."""
+    sql = (
+        f"SELECT DISTINCT message_id, call_index, {REJECTED_SPACE} AS space, error_class "
+        f"FROM {table(project, ops_dataset, 'rejected_messages')} WHERE message_id IN UNNEST(@ids)"
+    )
+    return Query("rejections_by_message", sql, (Param("ids", "STRING", list(message_ids)),))
+
+
+def raw_window(project: str, tables: Sequence[SpaceTable], start: datetime, end: datetime) -> Query:
+    """Rows and distinct calls per space received in [start, end)."""
+    union, params = _union(project, tables, "id", "received_at >= @start AND received_at < @end")
+    sql = f"SELECT space, COUNT(*) AS rows, COUNT(DISTINCT id) AS calls FROM (\n{union}\n) GROUP BY space"
+    return Query("raw_window", sql, (*params, Param("start", "TIMESTAMP", start), Param("end", "TIMESTAMP", end)))
+
+
+def rejections_window(project: str, ops_dataset: str, start: datetime, end: datetime) -> Query:
+    """Distinct rejected calls per space and class published in [start, end)."""
+    sql = (
+        "SELECT space, error_class, COUNT(*) AS n FROM ("
+        f"SELECT DISTINCT message_id, call_index, {REJECTED_SPACE} AS space, error_class "
+        f"FROM {table(project, ops_dataset, 'rejected_messages')} "
+        "WHERE publish_time >= @start AND publish_time < @end) GROUP BY space, error_class"
+    )
+    return Query("rejections_window", sql, (Param("start", "TIMESTAMP", start), Param("end", "TIMESTAMP", end)))
+
+
+def rejections_since(project: str, ops_dataset: str, since: datetime) -> Query:
+    """Rejections recorded since `since`, per space and class (status: the last 24 hours)."""
+    sql = (
+        f"SELECT {REJECTED_SPACE} AS space, error_class, COUNT(*) AS n "
+        f"FROM {table(project, ops_dataset, 'rejected_messages')} WHERE received_at >= @since GROUP BY 1, 2"
+    )
+    return Query("rejections_since", sql, (Param("since", "TIMESTAMP", since),))
+
+
+def last_syncs(project: str, ops_dataset: str) -> Query:
+    """Per space: the newest run (and its status) and the newest successful one with its watermark."""
+    history = table(project, ops_dataset, "sync_history")
+    sql = (
+        "SELECT a.space AS space, a.last_success AS last_success, a.watermark_to AS watermark_to, "
+        "b.started_at AS last_run, b.status AS last_status FROM ("
+        "SELECT space, MAX(IF(status IN UNNEST(@ok), finished_at, NULL)) AS last_success, "
+        f"MAX(IF(status IN UNNEST(@ok), watermark_to, NULL)) AS watermark_to FROM {history} GROUP BY space) a "
+        "JOIN (SELECT space, started_at, status FROM (SELECT space, started_at, status, "
+        f"ROW_NUMBER() OVER (PARTITION BY space ORDER BY started_at DESC) AS r FROM {history}) WHERE r = 1) b "
+        "ON a.space = b.space"
+    )
+    return Query("last_syncs", sql, (Param("ok", "STRING", list(SYNC_OK)),))
+
+
+def rows_written(project: str, tables: Sequence[SpaceTable], hour: datetime, day: datetime) -> Query:
+    """Raw rows written (by loaded_at) per space since `hour` and since `day`."""
+    union, params = _union(project, tables, "loaded_at", "loaded_at >= @day")
+    sql = (
+        "SELECT space, COUNTIF(loaded_at >= @hour) AS last_hour, COUNT(*) AS last_day "
+        f"FROM (\n{union}\n) GROUP BY space"
+    )
+    return Query("rows_written", sql, (*params, Param("hour", "TIMESTAMP", hour), Param("day", "TIMESTAMP", day)))
+
+
+def discard_columns(project: str, tables: Sequence[SpaceTable], since: datetime) -> Query:
+    """Discards per space, table and column since `since`, most first (the caller keeps the top few)."""
+    union, params = _union(project, tables, "table_name, column_name", "loaded_at >= @since")
+    sql = (
+        "SELECT space, table_name, column_name, COUNT(*) AS n "
+        f"FROM (\n{union}\n) GROUP BY space, table_name, column_name ORDER BY n DESC"
+    )
+    return Query("discard_columns", sql, (*params, Param("since", "TIMESTAMP", since)))
+
+
+def rejected_to_replay(
+    project: str,
+    ops_dataset: str,
+    *,
+    space: str | None = None,
+    error_class: str | None = None,
+    message_ids: Sequence[str] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Query:
+    """Rejected calls matching every given filter, with what is needed to publish them again."""
+    where: list[str] = []
+    params: list[Param] = []
+    if space is not None:
+        where.append(f"{REJECTED_SPACE} = @space")
+        params.append(Param("space", "STRING", space))
+    if error_class is not None:
+        where.append("error_class = @error_class")
+        params.append(Param("error_class", "STRING", error_class))
+    if message_ids:
+        where.append("message_id IN UNNEST(@ids)")
+        params.append(Param("ids", "STRING", list(message_ids)))
+    if start is not None:
+        where.append("publish_time >= @start")
+        params.append(Param("start", "TIMESTAMP", start))
+    if end is not None:
+        where.append("publish_time < @end")
+        params.append(Param("end", "TIMESTAMP", end))
+    sql = (
+        f"SELECT message_id, call_index, {REJECTED_SPACE} AS space, error_class, attributes, data, data_truncated, "
+        "publish_time "
+        f"FROM {table(project, ops_dataset, 'rejected_messages')}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY publish_time, message_id, call_index"
+    )
+    return Query("rejected_to_replay", sql, tuple(params))
+
+
+def replayed(project: str, ops_dataset: str, message_ids: Sequence[str]) -> Query:
+    """Replays already published for these original message ids (what makes replay idempotent)."""
+    sql = (
+        "SELECT DISTINCT original_message_id, call_index, source "
+        f"FROM {table(project, ops_dataset, 'replays')} "
+        "WHERE outcome = @outcome AND original_message_id IN UNNEST(@ids)"
+    )
+    return Query("replayed", sql, (Param("outcome", "STRING", "published"), Param("ids", "STRING", list(message_ids))))
