@@ -69,7 +69,7 @@ def test_seed_calls_land_in_segment_layout(
     assert schema["total_revenue_180_days"] in ("FLOAT", "FLOAT64")  # real BigQuery answers legacy names
     assert schema["first_time_shopper"] in ("BOOLEAN", "BOOL")
     table = bq.get_table(f"{P}.personas_{space}.identifies")
-    assert table.time_partitioning.field == "received_at" and table.clustering_fields == ["user_id"]
+    assert table.time_partitioning.field == "loaded_at" and table.clustering_fields == ["loaded_at", "user_id"]
 
 
 def test_malformed_message_is_rejected_once_and_acked(
