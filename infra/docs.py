@@ -62,6 +62,8 @@ def tables_section() -> str:
         extra = []
         if table.partition_field:
             extra.append(f"partitioned by day on `{table.partition_field}`")
+        if table.buckets:
+            extra.append(f"partitioned by integer range on `_bucket` ({table.buckets:,} partitions)")
         if table.clustering:
             extra.append("clustered by " + ", ".join(f"`{c}`" for c in table.clustering))
         if table.dynamic:

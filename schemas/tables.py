@@ -31,6 +31,7 @@ class TableSpec:
     description: str
     columns: tuple[Column, ...]
     dedup_view: bool = False  # a <table>_view keeping one row per id (streaming dedup is best-effort)
+    buckets: int | None = None  # integer-range partitioned on `_bucket`, 0 <= _bucket < buckets
 
     @property
     def column_names(self) -> frozenset[str]:
@@ -58,6 +59,7 @@ def table_specs() -> dict[str, TableSpec]:
             description=body["description"],
             columns=columns,
             dedup_view=body.get("dedup_view", False),
+            buckets=body.get("buckets"),
         )
     return specs
 

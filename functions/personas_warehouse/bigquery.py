@@ -177,6 +177,9 @@ class Warehouse:
             new.description = spec.description
             if spec.partition_field:
                 new.time_partitioning = bigquery.TimePartitioning(field=spec.partition_field)
+            if spec.buckets:
+                whole = bigquery.PartitionRange(start=0, end=spec.buckets, interval=1)
+                new.range_partitioning = bigquery.RangePartitioning(field=sql.BUCKET, range_=whole)
             new.clustering_fields = list(spec.clustering) or None
             found = self.client.create_table(new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
             if spec.dedup_view:

@@ -31,10 +31,11 @@ PROJECT = re.compile(r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]\Z"
 DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
 CONTEXT_PREFIX = "context_"
 IDENTIFIES, USERS, USERS_STATE = "identifies", "users", "users_state"
-ROW_ASOF, REBUILD = "_asof", "_rebuild"  # users_state: key of the user's newest call; needs a rebuild
+# users_state's own columns: key of the user's newest call; waits for a rebuild; its partition.
+ROW_ASOF, REBUILD, BUCKET = "_asof", "_rebuild", "_bucket"
 # Query parameters.
 SINCE = "since"  # TIMESTAMP: the fold reads identify rows loaded at or after it
-TOUCHED = "touched"  # ARRAY<STRING>: the user ids those rows carry, to read only their users_state rows
+TOUCHED = "touched"  # ARRAY<INT64>: the users_state partitions of those rows' users, the only ones read
 REBUILD_USERS = "rebuild_users"  # ARRAY<STRING>: the users a rebuild recomputes (absent: every user)
 
 
@@ -122,11 +123,17 @@ def _newest(rows: str, cols: Sequence[Synced]) -> str:
     )
 
 
+def bucket(user_id: str) -> str:
+    """The users_state partition of a user: spreads users evenly, so a run that touches few users
+    reads few partitions."""
+    return f"ABS(MOD(FARM_FINGERPRINT({user_id}), {spec(USERS_STATE).buckets}))"
+
+
 def _insert(cols: Sequence[Synced]) -> str:
     names = [n for c in cols for n in (quote(c.column), quote(c.asof))]
     return (
-        f"WHEN NOT MATCHED THEN INSERT (`id`, {''.join(f'{n}, ' for n in names)}{quote(REBUILD)}) "
-        f"VALUES (_new.id, {''.join(f'_new.{n}, ' for n in names)}FALSE)"
+        f"WHEN NOT MATCHED THEN INSERT (`id`, {''.join(f'{n}, ' for n in names)}{quote(REBUILD)}, {quote(BUCKET)}) "
+        f"VALUES (_new.id, {''.join(f'_new.{n}, ' for n in names)}FALSE, {bucket('_new.id')})"
     )
 
 
@@ -134,12 +141,12 @@ def _id(key: str) -> str:
     return f"SUBSTR({key}, {_ID_AT})"
 
 
-def fold_sql(project: str, dataset: str, cols: Sequence[Synced], *, prune: bool) -> str:
+def fold_sql(project: str, dataset: str, cols: Sequence[Synced]) -> str:
     """Fold the identify rows loaded since @since into users_state for `cols`. Per column the new
     value wins when its key is larger and it comes from another call (a copy of the call the value
     already came from only keeps the smaller key: the first copy counts). A larger key with the same
     timestamp from another call may be a late copy of an older call: the user is flagged instead.
-    With `prune`, only the users_state rows of @touched are read (users_state is clustered by id)."""
+    Only the users_state partitions in @touched are read."""
     state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
     source = _newest(_rows(identifies, f" AND loaded_at >= @{SINCE}"), cols)
     ambiguous, sets = [], []
@@ -151,11 +158,10 @@ def fold_sql(project: str, dataset: str, cols: Sequence[Synced], *, prune: bool)
         ambiguous.append(f"{same_time} AND {new} > {old} AND {_id(new)} != {_id(old)}")
         sets.append(f"{col} = IF({newer}, _new.{col}, _old.{col})")
         sets.append(f"{asof} = IF({newer}, {new}, IF({_id(new)} = {_id(old)}, LEAST({new}, {old}), {old}))")
-    on = "_old.id = _new.id" + (f" AND _old.id IN UNNEST(@{TOUCHED})" if prune else "")
     return (
         f"MERGE {state} AS _old\n"
         f"USING ({source}) AS _new\n"
-        f"ON {on}\n"
+        f"ON _old.id = _new.id AND _old.{quote(BUCKET)} IN UNNEST(@{TOUCHED})\n"
         f"WHEN MATCHED AND ({' OR '.join(f'({a})' for a in ambiguous)}) THEN UPDATE SET {quote(REBUILD)} = TRUE\n"
         f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)}\n"
         f"{_insert(cols)}"
@@ -205,9 +211,9 @@ def split(
 
 def window_sql(project: str, dataset: str, *, since: bool) -> str:
     """The identify rows a run reads (with user_id; loaded since @since unless it is a full run):
-    how many, the newest loaded_at (the next run's watermark) and, for a fold, their user ids."""
+    how many, the newest loaded_at (the next run's watermark) and, for a fold, their users' partitions."""
     identifies = table(project, dataset, IDENTIFIES)
-    users = ", ARRAY_AGG(DISTINCT user_id) AS touched" if since else ""
+    users = f", ARRAY_AGG(DISTINCT {bucket('user_id')}) AS touched" if since else ""
     scope = f" AND loaded_at >= @{SINCE}" if since else ""
     return (
         f"SELECT COUNT(*) AS rows_read, MAX(loaded_at) AS watermark_to{users} "

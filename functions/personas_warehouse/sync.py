@@ -23,6 +23,7 @@ from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.logs import log
 from personas_warehouse.settings import Settings
 from personas_warehouse.sql import (
+    BUCKET,
     IDENTIFIES,
     REBUILD,
     REBUILD_USERS,
@@ -47,8 +48,8 @@ from schemas.tables import spec
 
 SYNC_HISTORY = "sync_history"
 SUCCESS, PARTIAL, FAILURE, SKIPPED = "success", "partial", "failure", "skipped"
-# User ids passed to a MERGE as a query parameter, so that it reads only their rows; beyond this
-# many (a backlog), it reads every row of users_state instead.
+# Users to rebuild passed to a MERGE as a query parameter, so that it reads only their history;
+# beyond this many, it rebuilds every user instead.
 MAX_LISTED_USERS = 10_000
 
 
@@ -136,9 +137,8 @@ def _sync_space(
         [window] = run.query(window_sql(*run.where, since=True), after)
         touched = list(window["touched"] or [])
         if touched:
-            prune = len(touched) <= MAX_LISTED_USERS
-            listed = [bigquery.ArrayQueryParameter(TOUCHED, "STRING", touched)] if prune else []
-            run.all(columns, lambda cols, last: fold_sql(*run.where, cols, prune=prune), [*after, *listed])
+            partitions = bigquery.ArrayQueryParameter(TOUCHED, "INT64", touched)
+            run.all(columns, lambda cols, last: fold_sql(*run.where, cols), [*after, partitions])
         new = [c for c in columns if c.column in missing]
         if new:  # a column new to users: from the whole history, for every user
             run.all(new, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=False))
@@ -192,7 +192,7 @@ def _ensure_users_view(
             f"{dataset}.{USERS} is a {found[0].lower()}, not a view: an older layout? Drop or rename it; the sync "
             f"keeps {USERS_STATE} and makes {USERS} a view of it"
         )
-    hidden = [n for n in state if n in (ROW_ASOF, REBUILD) or n.startswith(naming.ASOF_PREFIX)]
+    hidden = [n for n in state if n in (ROW_ASOF, REBUILD, BUCKET) or n.startswith(naming.ASOF_PREFIX)]
     shows_hidden = found is not None and any(n in found[1] for n in hidden)
     if found is None or remake or shows_hidden:
         warehouse.run(users_view_sql(warehouse.project, dataset, hidden), [], deadline)

@@ -91,7 +91,7 @@ def test_incremental_sync_equals_full_rebuild(
     widest tables do at BigQuery's 1,024K-character limit."""
     project, dataset, one = stack.config.project, "personas_prop_00_000000", sql.synced(["a"])
     widest = (
-        sql.fold_sql(project, dataset, one, prune=True),
+        sql.fold_sql(project, dataset, one),
         sql.rebuild_sql(project, dataset, one, listed=True, clear_flag=True),
     )
     limit = max(map(len, widest)) + 40 if narrow else sql.MAX_QUERY_CHARS

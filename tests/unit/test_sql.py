@@ -16,8 +16,7 @@ BUDGET = Settings().max_columns_per_table
 P, D = "personas-test", "personas_default"
 Build = Callable[[Sequence[sql.Synced], bool], str]
 BUILDERS: dict[str, Build] = {
-    "fold, pruned": lambda cols, last: sql.fold_sql(P, D, cols, prune=True),
-    "fold, every user": lambda cols, last: sql.fold_sql(P, D, cols, prune=False),
+    "fold": lambda cols, last: sql.fold_sql(P, D, cols),
     "rebuild, listed users": lambda cols, last: sql.rebuild_sql(P, D, cols, listed=True, clear_flag=last),
     "rebuild, every user": lambda cols, last: sql.rebuild_sql(P, D, cols, listed=False, clear_flag=last),
 }
@@ -30,7 +29,7 @@ def longest_names(count: int) -> list[sql.Synced]:
 
 def written(statement: str) -> list[str]:
     insert = statement.split("WHEN NOT MATCHED THEN INSERT (", 1)[1].split(")", 1)[0]
-    return [n for n in re.findall(r"`([^`]+)`", insert) if n not in ("id", sql.REBUILD)]
+    return [n for n in re.findall(r"`([^`]+)`", insert) if n not in ("id", sql.REBUILD, sql.BUCKET)]
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -46,7 +45,7 @@ def test_full_column_budget_fits_in_query_limit(name: str) -> None:
 
 def test_few_columns_make_one_statement() -> None:
     columns = [sql.ROW, *sql.synced(["a", "b"])]
-    [statement] = sql.split(BUILDERS["fold, pruned"], columns)
+    [statement] = sql.split(BUILDERS["fold"], columns)
     assert written(statement) == [
         "received_at",
         "_asof",
@@ -60,11 +59,11 @@ def test_few_columns_make_one_statement() -> None:
 
 def test_limit_is_honoured_for_any_budget() -> None:
     columns = longest_names(40)
-    statements = sql.split(BUILDERS["fold, pruned"], columns, max_chars=30_000)
+    statements = sql.split(BUILDERS["fold"], columns, max_chars=30_000)
     assert len(statements) > 2
     assert all(len(s) <= 30_000 for s in statements)
     with pytest.raises(ValueError):
-        sql.split(BUILDERS["fold, pruned"], columns, max_chars=3_000)
+        sql.split(BUILDERS["fold"], columns, max_chars=3_000)
 
 
 def test_as_of_columns_are_hidden_names_the_naming_rule_never_makes() -> None:

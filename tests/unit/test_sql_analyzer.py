@@ -39,8 +39,8 @@ PLAUSIBLE = {
     "TIMESTAMP": datetime(2026, 3, 1, 9, tzinfo=UTC),
     "ARRAY": ["u1"],  # user ids (touched by new rows, flagged for a rebuild): every branch of the sync runs
 }
-# One answer to every SELECT the sync sends, by column name.
-CANNED = {"rows_read": 1, "touched": ["u1"], "ids": ["u1"], "watermark_to": PLAUSIBLE["TIMESTAMP"]}
+# Answers to the SELECTs the sync sends, by column name (users_state partitions, user ids, ...).
+CANNED = {"rows_read": 1, "touched": [1], "ids": ["u1"], "watermark_to": PLAUSIBLE["TIMESTAMP"]}
 CANNED["mark"] = PLAUSIBLE["TIMESTAMP"]
 _KEYWORDS = """select from where order by group merge using when matched then update set insert values on as window
 partition rows range struct array timestamp current_date current_timestamp all and any asc at between case cast
@@ -131,7 +131,7 @@ class RecordingBigQuery(FakeBigQuery):
             rows = [CANNED]
         elif re.match(r"\s*(SELECT|WITH|\()", sql, re.I):  # only queries return rows; DML is analyzed later
             columns = statement.analyze(self.analyzer).columns
-            rows = [{name: PLAUSIBLE.get(kind) for name, kind in columns.items()}] if columns else []
+            rows = [{name: CANNED.get(name, PLAUSIBLE.get(kind)) for name, kind in columns.items()}] if columns else []
         elif view := CREATE_VIEW.match(sql):  # DDL: the view exists for the statements after it
             made = bigquery.Table(view["path"])
             made.view_query = view["query"]
