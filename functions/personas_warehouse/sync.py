@@ -137,8 +137,8 @@ def _sync_space(
         touched = list(window["touched"] or [])
         if touched:
             prune = len(touched) <= MAX_LISTED_USERS
-            listed = [bigquery.ArrayQueryParameter(TOUCHED, "STRING", touched)] if prune else []
-            run.all(columns, lambda cols, last: fold_sql(*run.where, cols, prune=prune), [*after, *listed])
+            touched_param = [bigquery.ArrayQueryParameter(TOUCHED, "STRING", touched)] if prune else []
+            run.all(columns, lambda cols, last: fold_sql(*run.where, cols, prune=prune), [*after, *touched_param])
         new = [c for c in columns if c.column in missing]
         if new:  # a column new to users: from the whole history, for every user
             run.all(new, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=False))
