@@ -43,6 +43,7 @@ unit: venv
 lint: venv checkov
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra/terraform; \
 	else echo "no terraform on the PATH: terraform fmt skipped"; fi
 

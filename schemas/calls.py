@@ -37,7 +37,7 @@ MAX_ID_LENGTH = 1024
 MAX_EVENT_LENGTH = 1024
 
 
-class Identifier(fields.Field):
+class Identifier(fields.Field[str | None]):
     """userId / anonymousId / messageId: a string (numbers are accepted and stringified, as Segment does)."""
 
     default_error_messages = {

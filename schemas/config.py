@@ -32,7 +32,7 @@ def _base_columns() -> frozenset[str]:
     return frozenset().union(*(specs[k].column_names for k in ("identifies", "tracks", "users")))
 
 
-def _names() -> fields.List:
+def _names() -> fields.List[str]:
     return fields.List(
         fields.String(validate=validate.Regexp(NAME, error="Not a warehouse name: {input}")), load_default=list
     )
