@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import wasmtime
+from google.protobuf.message import Message
 from zetasql.core.wasm_client import get_tzinfo_dir
 from zetasql.wasi import get_wasm_path
 from zetasql.wasi._pb2.zetasql.local_service import local_service_pb2 as service
@@ -125,6 +126,25 @@ class Analysis:
     kind: str = ""  # e.g. "query_stmt", "merge_stmt"
     target: str = ""  # the table a DML statement writes, `project.dataset.table`
     columns: dict[str, str] = field(default_factory=dict)  # output columns of a query: name -> BigQuery type
+    scans: dict[str, set[str]] = field(default_factory=dict)  # table read -> the columns read of it (pruned)
+
+
+def _scans(tree: Message) -> dict[str, set[str]]:
+    """Every table scan in a resolved tree and the columns it reads. The analyzer ran with
+    prune_unused_columns, so a `SELECT *` whose columns are not used further does not count them:
+    as BigQuery bills, by the columns a query reads."""
+    found: dict[str, set[str]] = {}
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node.DESCRIPTOR.name == "ResolvedTableScanProto":
+            columns = found.setdefault(node.table.full_name, set())
+            columns.update(c.name for c in node.parent.column_list)
+        for described, value in node.ListFields():
+            if described.message_type is None:
+                continue
+            stack.extend(value if described.is_repeated else [value])
+    return found
 
 
 def warehouse_catalog(
@@ -249,7 +269,7 @@ class Analyzer:
             for out in statement.resolved_query_stmt_node.output_column_list:
                 zeta = types.TypeKind.Name(out.column.type.type_kind).removeprefix("TYPE_")
                 columns[out.name] = BIGQUERY_NAMES.get(zeta, zeta)
-        return Analysis([], kind.removeprefix("resolved_").removesuffix("_node"), target, columns)
+        return Analysis([], kind.removeprefix("resolved_").removesuffix("_node"), target, columns, _scans(statement))
 
     def close(self) -> None:
         """Release the wasm instance now, not in finalizers at interpreter exit (they then fail noisily)."""

@@ -99,10 +99,12 @@ def synced(columns: Sequence[str]) -> list[Synced]:
     return [Synced(c, naming.asof_column(c)) for c in columns]
 
 
-def _rows(identifies: str, scope: str) -> str:
-    """Identify rows that have a user_id, with their order key; one copy per id, the first received."""
+def _rows(identifies: str, scope: str, cols: Sequence[Synced]) -> str:
+    """Identify rows that have a user_id: the columns `cols` need and the order key; one copy per id,
+    the first received. Columns are named, not `*`: BigQuery bills the columns a query reads."""
+    needed = "".join(f"{quote(c.column)}, " for c in cols if c is not ROW)
     return (
-        f"SELECT * FROM (SELECT *, {KEY} AS _key, "
+        f"SELECT * FROM (SELECT user_id, received_at, {needed}{KEY} AS _key, "
         f"ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
         f"FROM {identifies} WHERE user_id IS NOT NULL{scope}) WHERE _copy = 1"
     )
@@ -148,7 +150,7 @@ def fold_sql(project: str, dataset: str, cols: Sequence[Synced]) -> str:
     timestamp from another call may be a late copy of an older call: the user is flagged instead.
     Only the users_state partitions in @touched are read."""
     state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
-    source = _newest(_rows(identifies, f" AND loaded_at >= @{SINCE}"), cols)
+    source = _newest(_rows(identifies, f" AND loaded_at >= @{SINCE}", cols), cols)
     ambiguous, sets = [], []
     for c in cols:
         col, asof = quote(c.column), quote(c.asof)
@@ -173,7 +175,7 @@ def rebuild_sql(project: str, dataset: str, cols: Sequence[Synced], *, listed: b
     @rebuild_users. `clear_flag` (the last statement of a rebuild) clears their rebuild flag."""
     state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
     scope = f" AND user_id IN UNNEST(@{REBUILD_USERS})" if listed else ""
-    source = _newest(_rows(identifies, scope), cols)
+    source = _newest(_rows(identifies, scope, cols), cols)
     sets = [f"{n} = _new.{n}" for c in cols for n in (quote(c.column), quote(c.asof))]
     if clear_flag:
         sets.append(f"{quote(REBUILD)} = FALSE")

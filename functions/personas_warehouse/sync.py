@@ -121,10 +121,11 @@ def _sync_space(
     wanted = {n: t for n, t in trait_columns(identifies).items() if config.column_enabled(USERS, n)}
     state = warehouse.ensure_table(dataset, USERS_STATE, spec(USERS_STATE), deadline)
     missing = {n: t for n, t in wanted.items() if n not in state}
-    if missing:
+    base = {c.name: c.type for c in spec(USERS_STATE).columns if c.name not in state}  # an older layout's
+    if missing or base:
         hidden = {naming.asof_column(n): values.STRING for n in missing}
-        state = warehouse.add_columns(dataset, USERS_STATE, {**missing, **hidden}, deadline)
-    _ensure_users_view(warehouse, dataset, state, remake=bool(missing), deadline=deadline)
+        state = warehouse.add_columns(dataset, USERS_STATE, {**base, **missing, **hidden}, deadline)
+    _ensure_users_view(warehouse, dataset, state, remake=bool(missing or base), deadline=deadline)
     clashing = sorted(n for n, t in wanted.items() if state.get(n) != t)
     columns = [ROW, *synced([n for n in wanted if n not in clashing])]
     since = None if full else _since(warehouse, settings, slug, deadline)
