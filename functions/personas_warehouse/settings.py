@@ -54,7 +54,7 @@ class Settings:
     max_rejected_data_bytes: int = 65_536
     max_columns_per_table: int = 5_000
     ingest_deadline_seconds: float = 50.0
-    sync_overlap_seconds: int = 600
+    sync_overlap_seconds: int = 120
     spaces: Mapping[str, SpaceConfig] = field(default_factory=dict)
 
     def space(self, slug: str) -> SpaceConfig:

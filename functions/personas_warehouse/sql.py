@@ -224,8 +224,10 @@ def window_sql(project: str, dataset: str, *, since: bool) -> str:
 
 
 def flagged_sql(project: str, dataset: str) -> str:
-    """Users a fold flagged for a rebuild (few; read as one BOOL column)."""
-    return f"SELECT ARRAY_AGG(id) AS ids FROM {table(project, dataset, USERS_STATE)} WHERE {quote(REBUILD)}"
+    """Users the fold flagged for a rebuild, in the partitions it touched (@touched). Flags a run left
+    behind when it failed are there too: the next run reads the same rows again."""
+    state = table(project, dataset, USERS_STATE)
+    return f"SELECT ARRAY_AGG(id) AS ids FROM {state} WHERE {quote(BUCKET)} IN UNNEST(@{TOUCHED}) AND {quote(REBUILD)}"
 
 
 def users_view_sql(project: str, dataset: str, hidden: Sequence[str]) -> str:

@@ -137,13 +137,13 @@ def _sync_space(
         after = [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)]
         [window] = run.query(window_sql(*run.where, since=True), after)
         touched = list(window["touched"] or [])
+        partitions = [bigquery.ArrayQueryParameter(TOUCHED, "INT64", touched)]
         if touched:
-            partitions = bigquery.ArrayQueryParameter(TOUCHED, "INT64", touched)
-            run.all(columns, lambda cols, last: fold_sql(*run.where, cols), [*after, partitions])
+            run.all(columns, lambda cols, last: fold_sql(*run.where, cols), [*after, *partitions])
         new = [c for c in columns if c.column in missing]
         if new:  # a column new to users: from the whole history, for every user
             run.all(new, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=False))
-        [flagged] = run.query(flagged_sql(*run.where))
+        [flagged] = run.query(flagged_sql(*run.where), partitions) if touched else [{"ids": None}]
         rebuild = list(flagged["ids"] or [])
         if rebuild:
             listed = len(rebuild) <= MAX_LISTED_USERS

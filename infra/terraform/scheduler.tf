@@ -7,9 +7,10 @@ resource "google_cloud_scheduler_job" "sync" {
 
   attempt_deadline = "${local.sync_attempt_deadline_seconds}s"
 
-  # One retry a few minutes later; the next scheduled run catches up anyway (incremental sync).
+  # No retry: the next scheduled run (a minute later by default) catches up anyway (incremental sync,
+  # from the last successful run's watermark).
   retry_config {
-    retry_count          = 1
+    retry_count          = 0
     min_backoff_duration = "120s"
     max_backoff_duration = "600s"
     max_doublings        = 2

@@ -543,7 +543,7 @@ def test_scheduler_posts_to_sync_with_oidc() -> None:
         "audience": sync_uri,
     }
     assert job["schedule"] == "${var.sync_schedule}"
-    assert _variables()["sync_schedule"]["default"] == "0 * * * *"
+    assert _variables()["sync_schedule"]["default"] == "* * * * *"  # users fresh within about a minute
     assert job["time_zone"] == "${var.sync_time_zone}"
     assert _variables()["sync_time_zone"]["default"] == "Etc/UTC"
     assert 0 <= _block(job, "retry_config")["retry_count"] <= 3

@@ -78,7 +78,7 @@ def test_defaults() -> None:
         max_rejected_data_bytes=65_536,
         max_columns_per_table=5_000,
         ingest_deadline_seconds=50.0,
-        sync_overlap_seconds=600,
+        sync_overlap_seconds=120,
         spaces={},
     )
 
