@@ -64,6 +64,7 @@ docs: venv
 
 bench: venv stage
 	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_ingest
+	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_sync
 
 clean:
 	rm -rf build .stack $(VENV) $(CHECKOV_VENV)

@@ -70,7 +70,7 @@ resource "google_cloudfunctions2_function" "ingest" {
 resource "google_cloudfunctions2_function" "sync" {
   name        = "${var.name_prefix}-sync"
   location    = var.region
-  description = "Hourly users sync (Cloud Scheduler POST); answers 500 when a space failed."
+  description = "Users sync (Cloud Scheduler POST, every minute by default); answers 500 when a space failed."
 
   build_config {
     runtime           = "python311"

@@ -13,7 +13,9 @@ is billed for every column it reads of every partition it cannot prune, at least
   buckets of user ids (a fold reads the buckets of the users it touches); everything else whole.
 - Bytes per value are BigQuery's: STRING 2 + length, INT64/FLOAT64/TIMESTAMP 8, BOOL 1, NULL 0.
 
-Then the same model prices a schedule (every minute, every hour) at 1M calls a day and 1M users.
+Then the same model prices a schedule (every minute, every hour) at 1M calls a day and 1M users, and
+the wall time of a full and an incremental run is measured on bqemulator (local; its timings say
+nothing about BigQuery's, but a run that does less should not take longer).
 
 Run: make bench (or PYTHONPATH=functions:. python -m tests.bench.bench_sync)
 """
@@ -175,9 +177,60 @@ def cost_per_day(layout: Layout, analyzer: sqlcheck.Analyzer, runs_per_day: int)
     return {"runs": runs_per_day, "MB billed per run": run.billed / MB, "USD per day": dollars}
 
 
+def local_wall_times(rows: int, users: int) -> dict[str, float]:
+    """Seconds of a full run over `rows` identify rows, then of an incremental run after 1% of the users
+    got a new call, on bqemulator started here on spare ports."""
+    import time
+
+    from infra.local.stack import StackConfig, running
+    from personas_warehouse.bigquery import make_client
+
+    config = StackConfig(
+        pubsub_port=38085,
+        bigquery_port=39050,
+        bigquery_grpc_port=39060,
+        ingest_port=38080,
+        sync_port=38081,
+        state_dir="/tmp/personas-bench-sync-stack",
+    )
+    with running(config):
+        settings = Settings(project=config.project, bigquery_emulator_host=config.bigquery_url, sync_overlap_seconds=0)
+        warehouse = Warehouse(make_client(settings))
+        deadline = sync.Deadline(600)
+        warehouse.ensure_table(DATASET, "identifies", spec("identifies"), deadline)
+        traits = {trait(i): "FLOAT64" for i in range(4)}
+        warehouse.add_columns(DATASET, "identifies", traits, deadline)
+        start = datetime(2026, 8, 1, tzinfo=UTC)
+
+        def load(first: int, count: int, user_of: Any, at: datetime) -> None:
+            for chunk in range(first, first + count, 10_000):
+                batch = []
+                for n in range(chunk, min(first + count, chunk + 10_000)):
+                    moment = (at + timedelta(seconds=n - first)).isoformat().replace("+00:00", "Z")
+                    batch.append(
+                        {"id": f"m{n}", "user_id": user_of(n), "received_at": moment, "timestamp": moment}
+                        | {"loaded_at": moment, trait(n % 4): float(n)}
+                    )
+                warehouse.insert(DATASET, "identifies", batch, [r["id"] for r in batch], deadline)
+
+        load(0, rows, lambda n: f"u{n % users}", start)
+        began = time.perf_counter()
+        sync.run_sync(warehouse, settings, spaces=[SPACE])  # the first run of a space is a full rebuild
+        full = time.perf_counter() - began
+        touched = max(1, users // 100)
+        load(rows, touched, lambda n: f"u{n % touched}", datetime.now(UTC))
+        began = time.perf_counter()
+        [result] = sync.run_sync(warehouse, settings, spaces=[SPACE])["spaces"]
+        incremental = time.perf_counter() - began
+        # The watermark is inclusive: the newest row of the first load is read again (and changes nothing).
+        assert result["mode"] == "incremental" and result["identify_rows_read"] in (touched, touched + 1), result
+    return {"rows": rows, "users": users, "full_seconds": full, "incremental_seconds": incremental}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--local-rows", type=int, default=200_000, help="identify rows for the local wall times")
     args = parser.parse_args(argv)
     analyzer = sqlcheck.Analyzer.load()
     layout = Layout()
@@ -192,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         day = replace(layout, identify_rows=calls_per_day * 30, days=30, users=users, new_rows=new, touched_users=new)
         schedules[name] = cost_per_day(day, analyzer, 1440 // minutes)
     analyzer.close()
+    wall = local_wall_times(args.local_rows, args.local_rows // 10)
     result = {
+        "local_wall_times": wall,
         "layout": layout.__dict__,
         "read": {"incremental": incremental.read, "day_partitions_only": by_partition.read, "full": full.read},
         "billed": {"incremental": incremental.billed, "full": full.billed},
@@ -210,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read, incremental / full: {result['ratio_read']:.4f} (target <= 0.05)")
     print(f"read, with day partitions only (no clustering): {result['ratio_read_day_partitions_only']:.4f}")
     print(f"billed (10 MB minimum per table), incremental / full: {result['ratio_billed']:.4f}")
+    print(
+        f"bqemulator, {wall['rows']:,} rows, {wall['users']:,} users: full run {wall['full_seconds']:.1f} s, "
+        f"incremental (1% of users touched) {wall['incremental_seconds']:.1f} s: "
+        f"{wall['incremental_seconds'] / wall['full_seconds']:.2f}x"
+    )
     for name, figures in schedules.items():
         print(
             f"{name}: {figures['MB billed per run']:,.1f} MB billed per run, ${figures['USD per day']:.2f} a day "
