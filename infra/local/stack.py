@@ -1,6 +1,8 @@
 """The local stack: Google's Pub/Sub emulator, bqemulator, and the functions under functions-framework,
 run from the staged deployable source (build/function), wired like production (a push subscription
-to the ingest function). Used by `make up|down|demo` and by the integration tests.
+to the ingest function), and, for `make up`, a stand-in for Cloud Scheduler that POSTs to the sync
+function every SYNC_EVERY_SECONDS (infra/local/scheduler.py). Used by `make up|down|demo` and by the
+integration tests.
 
 Every process is started in its own process group and stopped by that group's id, never by name.
 """
@@ -19,17 +21,22 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "build" / "function"
 VENV_BIN = Path(sys.executable).parent
+UP_SYNC_EVERY_SECONDS = 60.0  # Cloud Scheduler's cadence (a cron fires at most once a minute)
 
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Names and ports users rely on; every one can be overridden by the env var of the same name."""
+    """Names and ports users rely on; every one can be overridden by the env var of the same name.
+
+    `sync_every_seconds` is the period of the local sync scheduler, 0 for none. It is off in a config
+    built in code (the integration tests run their syncs by hand and assert on their summaries) and
+    UP_SYNC_EVERY_SECONDS in `from_env` (`make up`); `demo` turns it off to keep its output fixed."""
 
     project: str = "personas-local"
     topic: str = "personas-calls"
@@ -39,6 +46,7 @@ class StackConfig:
     bigquery_grpc_port: int = 9060
     ingest_port: int = 8080
     sync_port: int = 8081
+    sync_every_seconds: float = 0.0
     state_dir: str = str(ROOT / ".stack")
     function_env: dict[str, str] = field(default_factory=dict)
 
@@ -54,7 +62,12 @@ class StackConfig:
             bigquery_grpc_port=int(env.get("BIGQUERY_GRPC_PORT", cls.bigquery_grpc_port)),
             ingest_port=int(env.get("INGEST_PORT", cls.ingest_port)),
             sync_port=int(env.get("SYNC_PORT", cls.sync_port)),
+            sync_every_seconds=float(env.get("SYNC_EVERY_SECONDS", UP_SYNC_EVERY_SECONDS)),
         )
+
+    def __post_init__(self) -> None:
+        if not self.sync_every_seconds >= 0:  # also refuses NaN
+            raise ValueError(f"sync_every_seconds (SYNC_EVERY_SECONDS) must be >= 0, got {self.sync_every_seconds}")
 
     @property
     def pubsub_host(self) -> str:
@@ -180,9 +193,27 @@ class Stack:
                 )
             self.wait_ready()
             self.create_topic_and_push_subscription()
+            if c.sync_every_seconds > 0:  # last: its first tick finds the sync function up
+                self._spawn("scheduler", self.scheduler_argv(), env={"PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+                self.wait_scheduler_started()
         except BaseException:
             self.stop()
             raise
+
+    def scheduler_argv(self) -> list[str]:
+        every = f"{self.config.sync_every_seconds:g}"
+        return [sys.executable, "-m", "infra.local.scheduler", "--url", self.config.sync_url, "--every", every]
+
+    def wait_scheduler_started(self, timeout: float = 15.0) -> None:
+        """It has no port to probe: wait for its first log line, which it prints once its arguments are valid."""
+        log = self.state_dir / "logs" / "scheduler.log"
+        end = time.monotonic() + timeout
+        while not (log.exists() and "scheduler: POST" in log.read_text(errors="replace")):
+            if self._exited("scheduler"):
+                raise RuntimeError(f"the sync scheduler exited at start; see {log}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"the sync scheduler did not start within {timeout:.0f}s; see {log}")
+            time.sleep(0.1)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         c = self.config
@@ -231,22 +262,30 @@ class Stack:
         )
 
     def stop(self) -> None:
-        """Stop every process this stack started: SIGTERM its process group, then SIGKILL."""
+        """Stop every process this stack started: SIGTERM its process group, then SIGKILL.
+        The scheduler goes first, so no tick hits a sync function that is shutting down."""
         pids = dict(self.pids)
         if not pids and self.state_file.exists():  # `make down` from another process
             pids = json.loads(self.state_file.read_text())["pids"]
-        for pid in pids.values():
-            _signal_group(pid, signal.SIGTERM)
-        end = time.monotonic() + 10
-        for pid in pids.values():
-            while _group_alive(pid) and time.monotonic() < end:
-                _reap(pid)
-                time.sleep(0.1)
-            if _group_alive(pid):
-                _signal_group(pid, signal.SIGKILL)
-            _reap(pid)
+        first = {name: pid for name, pid in pids.items() if name == "scheduler"}
+        rest = {name: pid for name, pid in pids.items() if name != "scheduler"}
+        for group in (first, rest):
+            _stop_groups(list(group.values()))
         self.pids = {}
         self.state_file.unlink(missing_ok=True)
+
+
+def _stop_groups(pids: list[int], grace: float = 10.0) -> None:
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    for pid in pids:
+        while _group_alive(pid) and time.monotonic() < end:
+            _reap(pid)
+            time.sleep(0.1)
+        if _group_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        _reap(pid)
 
 
 def _port_open(port: int) -> bool:
@@ -304,6 +343,13 @@ def _print_exports(config: StackConfig) -> None:
     print(f"BigQuery (REST)   {config.bigquery_url}   project {config.project}")
     print(f"ingest function   {config.ingest_url}   (push endpoint {config.push_endpoint})")
     print(f"sync function     {config.sync_url}")
+    if config.sync_every_seconds > 0:
+        print(
+            f'sync scheduler    POST {{"full": false}} to the sync function every {config.sync_every_seconds:g} s'
+            " (like Cloud Scheduler; SYNC_EVERY_SECONDS=0 turns it off)"
+        )
+    else:
+        print("sync scheduler    off (SYNC_EVERY_SECONDS=0): run the sync by hand")
     print("\n# paste into a shell to use the clients against the stack:")
     for key, value in config.exports().items():
         print(f"export {key}={value}")
@@ -313,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "demo"])
     args = parser.parse_args(argv)
-    config = StackConfig.from_env()
+    try:
+        config = StackConfig.from_env()
+    except ValueError as error:  # a malformed port or period in the environment
+        parser.error(str(error))
     if args.command == "up":
         stack = Stack(config)
         stack.start()
@@ -326,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from infra.local.demo import run_demo
 
-    with running(config) as stack:
+    # The demo runs one sync itself and prints its summary: a scheduled sync would make that output vary.
+    with running(replace(config, sync_every_seconds=0)) as stack:
         return run_demo(stack)
 
 
