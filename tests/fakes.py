@@ -36,10 +36,12 @@ class FakeBigQuery:
         self.datasets.add(dataset.dataset_id)
         return dataset
 
-    def create_table(self, table: bigquery.Table, **_: Any) -> bigquery.Table:
+    def create_table(self, table: bigquery.Table, exists_ok: bool = False, **_: Any) -> bigquery.Table:
         key = self._key(table.reference)
         if table.dataset_id not in self.datasets:
             raise gexc.NotFound(f"dataset {table.dataset_id}")
+        if key in self.tables and not exists_ok:
+            raise gexc.Conflict(f"Already Exists: Table {key}")
         self.tables.setdefault(key, table)
         self.rows.setdefault(key, [])
         return self.tables[key]

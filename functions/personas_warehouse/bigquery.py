@@ -96,6 +96,13 @@ class Deadline:
 
 
 @dataclass(frozen=True)
+class Described:
+    kind: str  # TABLE or VIEW
+    schema: Schema
+    view_query: str | None
+
+
+@dataclass(frozen=True)
 class RowRefusal:
     index: int
     errors: list[dict[str, Any]]
@@ -324,17 +331,29 @@ class Warehouse:
         found = self.describe(dataset, table, deadline)
         if found is None:
             return None
-        self._schemas[(dataset, table)] = found[1]
-        return found[1]
+        self._schemas[(dataset, table)] = found.schema
+        return found.schema
 
-    def describe(self, dataset: str, table: str, deadline: Deadline) -> tuple[str, Schema] | None:
-        """(TABLE or VIEW, schema) of a table or view read fresh; None when there is none."""
+    def describe(self, dataset: str, table: str, deadline: Deadline) -> Described | None:
+        """A table or view read fresh; None when there is none."""
         try:
             ref = self.table_ref(dataset, table)
             found = self.client.get_table(ref, retry=deadline.retry(), timeout=deadline.budget(10))
         except gexc.NotFound:
             return None
-        return str(found.table_type or "TABLE"), _schema_of(found)
+        kind = found.table_type or ("VIEW" if found.view_query else "TABLE")
+        return Described(str(kind), _schema_of(found), found.view_query)
+
+    def put_view(self, dataset: str, name: str, query: str, deadline: Deadline) -> None:
+        """Create the view, or give the existing one this query."""
+        view = bigquery.Table(self.table_ref(dataset, name))
+        view.view_query = query
+        try:
+            self.client.create_table(view, retry=deadline.retry(), timeout=deadline.budget(10))
+        except gexc.Conflict:
+            current = self.client.get_table(view.reference, retry=deadline.retry(), timeout=deadline.budget(10))
+            current.view_query = query
+            self.client.update_table(current, ["view_query"], retry=deadline.retry(), timeout=deadline.budget(10))
 
     def run(self, sql: str, params: list[Any], deadline: Deadline) -> bigquery.QueryJob:
         """Run a query job to completion; a MERGE aborted by a concurrent one is run again."""

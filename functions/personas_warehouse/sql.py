@@ -230,11 +230,11 @@ def flagged_sql(project: str, dataset: str) -> str:
     return f"SELECT ARRAY_AGG(id) AS ids FROM {state} WHERE {quote(BUCKET)} IN UNNEST(@{TOUCHED}) AND {quote(REBUILD)}"
 
 
-def users_view_sql(project: str, dataset: str, hidden: Sequence[str]) -> str:
-    """`users`: users_state without its as-of columns and flag. `*` is resolved when the view is
+def users_view_query(project: str, dataset: str, hidden: Sequence[str]) -> str:
+    """`users`: users_state without its as-of columns, flag and bucket. `*` is resolved when the view is
     queried, so new trait columns appear at once; new hidden columns need the view made again."""
-    users, state = table(project, dataset, USERS), table(project, dataset, USERS_STATE)
-    return f"CREATE OR REPLACE VIEW {users} AS SELECT * EXCEPT ({', '.join(quote(h) for h in hidden)}) FROM {state}"
+    state = table(project, dataset, USERS_STATE)
+    return f"SELECT * EXCEPT ({', '.join(quote(h) for h in hidden)}) FROM {state}"
 
 
 def dedup_view_sql(project: str, dataset: str, name: str) -> str:

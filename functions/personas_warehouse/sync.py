@@ -1,9 +1,11 @@
-"""The users sync: for every space dataset, bring `users` up to date with one MERGE, and record the
-run in sync_history. One failing space does not stop the others.
+"""The users sync: for every space dataset, bring `users_state` (and so the `users` view) up to date,
+and record the run in sync_history. One failing space does not stop the others.
 
-Incremental by default: the watermark is identifies.loaded_at (when a row became visible, not when
-it was published), so a backlog delivered late is still picked up; the newest successful run's
-watermark minus SYNC_OVERLAP_SECONDS is where the next run starts.
+Incremental by default: the identify rows loaded since the newest successful run's watermark (minus
+SYNC_OVERLAP_SECONDS) are folded in; flagged users and columns new to users are rebuilt from history
+(see sql.py for why that is exact). The watermark is identifies.loaded_at (when a row was written, not
+when it was published), so a backlog delivered late is still picked up. The first run of a space, and
+--full, rebuild every user.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from personas_warehouse.sql import (
     split,
     synced,
     trait_columns,
-    users_view_sql,
+    users_view_query,
     window_sql,
 )
 from schemas.tables import spec
@@ -118,6 +120,12 @@ def _sync_space(
     if identifies is None:
         result.status, result.error = SKIPPED, "no identifies table yet"
         return
+    view = warehouse.describe(dataset, USERS, deadline)
+    if view is not None and view.kind != "VIEW":
+        raise RuntimeError(
+            f"{dataset}.{USERS} is a {view.kind.lower()}, not a view: an older layout? Drop or rename it; the sync "
+            f"keeps {USERS_STATE} and makes {USERS} a view of it"
+        )
     wanted = {n: t for n, t in trait_columns(identifies).items() if config.column_enabled(USERS, n)}
     state = warehouse.ensure_table(dataset, USERS_STATE, spec(USERS_STATE), deadline)
     missing = {n: t for n, t in wanted.items() if n not in state}
@@ -125,9 +133,14 @@ def _sync_space(
     if missing or base:
         hidden = {naming.asof_column(n): values.STRING for n in missing}
         state = warehouse.add_columns(dataset, USERS_STATE, {**base, **missing, **hidden}, deadline)
-    _ensure_users_view(warehouse, dataset, state, remake=bool(missing or base), deadline=deadline)
     clashing = sorted(n for n, t in wanted.items() if state.get(n) != t)
     columns = [ROW, *synced([n for n in wanted if n not in clashing])]
+    hidden_now = [n for n in state if n in (ROW_ASOF, REBUILD, BUCKET) or n.startswith(naming.ASOF_PREFIX)]
+    users_query = users_view_query(warehouse.project, dataset, hidden_now)
+    # A column the users view does not hide yet is new to users: filled from history, then the view
+    # is made again. Kept in the view, this survives a run that fails in between.
+    shown = view.view_query or "" if view is not None else ""
+    new = [c for c in columns if c is not ROW and f"`{c.asof}`" not in shown]
     since = None if full else _since(warehouse, settings, slug, deadline)
     run = _Statements(warehouse, dataset, deadline)
     if since is None:  # the first run, or --full: every user from the whole history
@@ -140,8 +153,7 @@ def _sync_space(
         partitions = [bigquery.ArrayQueryParameter(TOUCHED, "INT64", touched)]
         if touched:
             run.all(columns, lambda cols, last: fold_sql(*run.where, cols), [*after, *partitions])
-        new = [c for c in columns if c.column in missing]
-        if new:  # a column new to users: from the whole history, for every user
+        if new:  # columns new to users: from the whole history, for every user
             run.all(new, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=False))
         [flagged] = run.query(flagged_sql(*run.where), partitions) if touched else [{"ids": None}]
         rebuild = list(flagged["ids"] or [])
@@ -150,6 +162,8 @@ def _sync_space(
             ids = [bigquery.ArrayQueryParameter(REBUILD_USERS, "STRING", rebuild)] if listed else []
             run.all(columns, lambda cols, last: rebuild_sql(*run.where, cols, listed=listed, clear_flag=last), ids)
             result.users_rebuilt = len(rebuild)
+    if view is None or view.view_query != users_query:
+        warehouse.put_view(dataset, USERS, users_query, deadline)
     result.users_inserted, result.users_updated = run.inserted, run.updated
     result.identify_rows_read = int(window["rows_read"] or 0)
     result.watermark_from = values.format_timestamp(since) if since else None
@@ -181,22 +195,6 @@ class _Statements:
             self.inserted += int(stats.inserted_row_count or 0) if stats else 0
             if index == 0 and not self._counted_updates:
                 self.updated, self._counted_updates = int(stats.updated_row_count or 0) if stats else 0, True
-
-
-def _ensure_users_view(
-    warehouse: Warehouse, dataset: str, state: dict[str, str], *, remake: bool, deadline: Deadline
-) -> None:
-    """`users` is users_state without its hidden columns: made again whenever those change."""
-    found = warehouse.describe(dataset, USERS, deadline)
-    if found is not None and found[0] != "VIEW":
-        raise RuntimeError(
-            f"{dataset}.{USERS} is a {found[0].lower()}, not a view: an older layout? Drop or rename it; the sync "
-            f"keeps {USERS_STATE} and makes {USERS} a view of it"
-        )
-    hidden = [n for n in state if n in (ROW_ASOF, REBUILD, BUCKET) or n.startswith(naming.ASOF_PREFIX)]
-    shows_hidden = found is not None and any(n in found[1] for n in hidden)
-    if found is None or remake or shows_hidden:
-        warehouse.run(users_view_sql(warehouse.project, dataset, hidden), [], deadline)
 
 
 def _since(warehouse: Warehouse, settings: Settings, slug: str, deadline: Deadline) -> datetime | None:
