@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, pubsub_v1
 
-from infra.local.stack import Stack, StackConfig, running
+from infra.local.stack import STAGE, Stack, StackConfig, running
 
 CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
 TEST_CONFIG = StackConfig(
@@ -108,3 +110,25 @@ def identify(user: str | None, message_id: str, timestamp: str, **traits: Any) -
     else:
         call["anonymousId"] = "anon-" + message_id
     return call
+
+
+def sync_cli(stack: Stack, space: str, config: str | None = None, tmp_path: Path | None = None) -> dict[str, Any]:
+    """The users sync of one space by its command line, from the staged source (the HTTP one would
+    sync every test's space). `config` is a personas.yaml text for selective sync."""
+    env = {"PATH": "/usr/bin:/bin", **stack.config.exports(), "SYNC_OVERLAP_SECONDS": "0"}
+    if config is not None:
+        assert tmp_path is not None
+        path = tmp_path / "personas.yaml"
+        path.write_text(config)
+        env["PERSONAS_CONFIG"] = str(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "personas_warehouse.sync", "--space", space],
+        cwd=STAGE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))

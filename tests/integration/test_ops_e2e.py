@@ -4,8 +4,6 @@ replay a rejection (refused again, recorded once), replay a dead letter, and rea
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,9 +13,9 @@ import pytest
 from google.cloud import bigquery, pubsub_v1
 
 from infra import publish
-from infra.local.stack import STAGE, Stack
+from infra.local.stack import Stack
 from infra.ops import reconcile, replay, status
-from tests.integration.conftest import wait_rows
+from tests.integration.conftest import sync_cli, wait_rows
 
 pytestmark = pytest.mark.integration
 P = "personas-local"
@@ -26,21 +24,6 @@ P = "personas-local"
 def run(main: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
     code = main([*argv, "--json"])
     return code, json.loads(capsys.readouterr().out)
-
-
-def sync_space(stack: Stack, space: str) -> None:
-    """The users sync of one space, by its command line (the HTTP one would sync every test's space)."""
-    env = {"PATH": "/usr/bin:/bin", **stack.config.exports()}
-    done = subprocess.run(
-        [sys.executable, "-m", "personas_warehouse.sync", "--space", space],
-        cwd=STAGE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def test_reconcile_replay_and_status(
@@ -116,7 +99,7 @@ def test_reconcile_replay_and_status(
     assert (code, mine["rows"], mine["rejected"], mine["missing"]) == (0, 3, {"schema_violation": 2}, 0)
 
     # 3. Status after a users sync.
-    sync_space(stack, space)
+    sync_cli(stack, space)
     code, out = run(status.main, [], capsys)
     mine = next(s for s in out["spaces"] if s["space"] == space)
     assert code == 0 and mine["last_status"] == "success" and mine["users_lag_seconds"] is not None

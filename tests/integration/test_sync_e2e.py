@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -14,8 +12,8 @@ from typing import Any
 import pytest
 from google.cloud import bigquery
 
-from infra.local.stack import STAGE, Stack
-from tests.integration.conftest import identify, query, wait_rows
+from infra.local.stack import Stack
+from tests.integration.conftest import identify, query, sync_cli, wait_rows
 
 pytestmark = pytest.mark.integration
 P = "personas-local"
@@ -33,24 +31,6 @@ def sync(stack: Stack, **body: Any) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def sync_cli(stack: Stack, tmp_path: Path, space: str, config: str | None) -> dict[str, Any]:
-    env = {"PATH": "/usr/bin:/bin", **stack.config.exports(), "SYNC_OVERLAP_SECONDS": "0"}
-    if config is not None:
-        path = tmp_path / "personas.yaml"
-        path.write_text(config)
-        env["PERSONAS_CONFIG"] = str(path)
-    done = subprocess.run(
-        [sys.executable, "-m", "personas_warehouse.sync", "--space", space],
-        cwd=STAGE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(done.stdout)
 
 
 def users(bq: bigquery.Client, space: str) -> dict[str, dict[str, Any]]:
@@ -112,13 +92,13 @@ def test_selective_sync_switched_off_and_on(
     off = f"spaces:\n  {space}:\n    disabled_columns:\n      users: [vip]\n"
     publish(identify("u1", "v1", "2026-11-01T10:00:00Z", vip=True, level=1), space=space)
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
-    assert sync_cli(stack, tmp_path, space, off)["spaces"][0]["status"] == "success"
+    assert sync_cli(stack, space, off, tmp_path)["spaces"][0]["status"] == "success"
     assert "vip" not in users(bq, space)["u1"] and users(bq, space)["u1"]["level"] == 1
-    sync_cli(stack, tmp_path, space, None)  # switched on
+    sync_cli(stack, space)  # switched on
     assert users(bq, space)["u1"]["vip"] is True
     publish(identify("u1", "v2", "2026-11-01T11:00:00Z", vip=False, level=2), space=space)
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 2)
-    sync_cli(stack, tmp_path, space, off)  # off again: history stays, the column is left alone
+    sync_cli(stack, space, off, tmp_path)  # off again: history stays, the column is left alone
     assert (users(bq, space)["u1"]["vip"], users(bq, space)["u1"]["level"]) == (True, 2)
 
 
