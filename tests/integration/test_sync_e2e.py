@@ -110,6 +110,15 @@ def test_a_failing_space_does_not_stop_the_others(
     bq.create_table(
         bigquery.Table(f"{P}.personas_{broken}.identifies", schema=[bigquery.SchemaField("user_id", "STRING")])
     )
+    try:
+        _failing_space_does_not_stop_the_others(stack, bq, publish, space, broken)
+    finally:  # the broken space would break the other tests' syncs and operator commands
+        bq.delete_dataset(f"{P}.personas_{broken}", delete_contents=True)
+
+
+def _failing_space_does_not_stop_the_others(
+    stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str, broken: str
+) -> None:
     publish(identify("u1", "f1", "2026-11-01T10:00:00Z", a=1), space=space)
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
     status, summary = sync(stack, spaces=[broken, space])
