@@ -10,11 +10,11 @@ duplicates of one id count once (the first copy received); rows without user_id 
 
 - A fold reads only the identify rows loaded since the last run (identifies is partitioned and
   clustered by loaded_at) and keeps, per column, whichever of the stored value and the newest new
-  one has the larger key. Folding a row twice changes nothing, so runs may overlap and re-read.
-- Where a key alone cannot decide (a new value whose timestamp equals the stored one's, from another
-  call: a genuinely newer call, or a late copy of an older one), the fold flags the user instead, and
-  a rebuild recomputes flagged users from their whole history. Full runs and columns new to
-  users_state are rebuilt the same way, so a rebuild is the definition and a fold its shortcut.
+  one comes from the later call. Folding a row twice changes nothing, so runs may overlap and re-read.
+- Where the as-of keys alone cannot decide (a new value whose timestamp equals the stored one's, from
+  another call: a genuinely newer call, or a late copy of an older one), the fold flags the user
+  instead, and a rebuild recomputes flagged users from their whole history. Full runs and columns new
+  to users_state are rebuilt the same way, so a rebuild is the definition and a fold its shortcut.
 """
 
 from __future__ import annotations
@@ -70,18 +70,17 @@ def trait_columns(identifies: Mapping[str, str]) -> dict[str, str]:
 
 # BigQuery refuses a query text over 1,024K characters (1,048,576); stay clear of it.
 MAX_QUERY_CHARS = 1_000_000
-# A call's order key: timestamp, received_at (each as 18 digits of microseconds since year 1, so
-# that text order is time order), then id. One string, so one comparison decides.
-_KEY_DIGITS = 18
+ORDER = "timestamp, received_at, id"  # newest last: the order every users value is chosen by
+# The as-of key stored beside a users value: the call's timestamp (16 hex digits of microseconds
+# since year 1, so that text order is time order) and a 64-bit fingerprint of its id (16 hex digits).
+# 34 bytes, not the whole order: a tie on timestamp between two calls is not decided from the key
+# but by recomputing the user from history, where the whole order is at hand.
+_TIME_DIGITS = 16
 _MICROS_BEFORE_1970 = 62_135_596_800_000_000
-
-
-def _micros(column: str) -> str:
-    return f"LPAD(CAST(UNIX_MICROS({column}) + {_MICROS_BEFORE_1970} AS STRING), {_KEY_DIGITS}, '0')"
-
-
-KEY = f"CONCAT({_micros('timestamp')}, {_micros('received_at')}, id)"
-_ID_AT = 2 * _KEY_DIGITS + 1  # where the id starts in a key (SUBSTR counts from 1)
+KEY = (
+    f"CONCAT(FORMAT('%016x', UNIX_MICROS(timestamp) + {_MICROS_BEFORE_1970}), "
+    f"FORMAT('%016x', FARM_FINGERPRINT(id) & 0x7fffffffffffffff))"
+)
 
 
 @dataclass(frozen=True)
@@ -100,28 +99,29 @@ def synced(columns: Sequence[str]) -> list[Synced]:
 
 
 def _rows(identifies: str, scope: str, cols: Sequence[Synced]) -> str:
-    """Identify rows that have a user_id: the columns `cols` need and the order key; one copy per id,
-    the first received. Columns are named, not `*`: BigQuery bills the columns a query reads."""
+    """Identify rows that have a user_id: the columns `cols` need, the order and the as-of key; one
+    copy per id, the first received. Columns are named, not `*`: BigQuery bills the columns it reads."""
     needed = "".join(f"{quote(c.column)}, " for c in cols if c is not ROW)
     return (
-        f"SELECT * FROM (SELECT user_id, received_at, {needed}{KEY} AS _key, "
+        f"SELECT * FROM (SELECT user_id, id, timestamp, received_at, {needed}{KEY} AS _key, "
         f"ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
         f"FROM {identifies} WHERE user_id IS NOT NULL{scope}) WHERE _copy = 1"
     )
 
 
 def _newest(rows: str, cols: Sequence[Synced]) -> str:
-    """One row per user: per column the newest non-null value of `rows` and the key it came from."""
+    """One row per user: per column the newest non-null value of `rows` and the key of its call."""
     picks = "".join(
         f", LAST_VALUE({quote(c.column)} IGNORE NULLS) OVER _user AS {quote(c.column)}"
         f", LAST_VALUE(IF({quote(c.column)} IS NULL, NULL, _key) IGNORE NULLS) OVER _user AS {quote(c.asof)}"
         for c in cols
     )
+    newest_first = ", ".join(f"{c} DESC" for c in ORDER.split(", "))
     return (
         f"SELECT * FROM (SELECT user_id AS id{picks}, "
-        f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY _key DESC) AS _newest FROM ({rows}) "
-        f"WINDOW _user AS (PARTITION BY user_id ORDER BY _key ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
-        f") WHERE _newest = 1"
+        f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY {newest_first}) AS _newest FROM ({rows}) "
+        f"WINDOW _user AS (PARTITION BY user_id ORDER BY {ORDER} "
+        f"ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) WHERE _newest = 1"
     )
 
 
@@ -139,27 +139,22 @@ def _insert(cols: Sequence[Synced]) -> str:
     )
 
 
-def _id(key: str) -> str:
-    return f"SUBSTR({key}, {_ID_AT})"
-
-
 def fold_sql(project: str, dataset: str, cols: Sequence[Synced]) -> str:
     """Fold the identify rows loaded since @since into users_state for `cols`. Per column the new
-    value wins when its key is larger and it comes from another call (a copy of the call the value
-    already came from only keeps the smaller key: the first copy counts). A larger key with the same
-    timestamp from another call may be a late copy of an older call: the user is flagged instead.
-    Only the users_state partitions in @touched are read."""
+    value wins when its call's timestamp is later than the stored value's; the same key (the same
+    call, read again) changes nothing. The same timestamp from another call cannot be decided from
+    the keys (a genuinely newer call, or a late copy of an older one): the user is flagged instead,
+    for a rebuild. Only the users_state partitions in @touched are read."""
     state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
     source = _newest(_rows(identifies, f" AND loaded_at >= @{SINCE}", cols), cols)
     ambiguous, sets = [], []
     for c in cols:
         col, asof = quote(c.column), quote(c.asof)
         new, old = f"_new.{asof}", f"_old.{asof}"
-        newer = f"{new} > COALESCE({old}, '') AND {_id(new)} != COALESCE({_id(old)}, '')"
-        same_time = f"LEFT({new}, {_KEY_DIGITS}) = LEFT({old}, {_KEY_DIGITS})"
-        ambiguous.append(f"{same_time} AND {new} > {old} AND {_id(new)} != {_id(old)}")
+        newer = f"{new} IS NOT NULL AND ({old} IS NULL OR LEFT({new}, {_TIME_DIGITS}) > LEFT({old}, {_TIME_DIGITS}))"
+        ambiguous.append(f"LEFT({new}, {_TIME_DIGITS}) = LEFT({old}, {_TIME_DIGITS}) AND {new} != {old}")
         sets.append(f"{col} = IF({newer}, _new.{col}, _old.{col})")
-        sets.append(f"{asof} = IF({newer}, {new}, IF({_id(new)} = {_id(old)}, LEAST({new}, {old}), {old}))")
+        sets.append(f"{asof} = IF({newer}, {new}, {old})")
     return (
         f"MERGE {state} AS _old\n"
         f"USING ({source}) AS _new\n"

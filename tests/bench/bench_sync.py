@@ -63,7 +63,7 @@ class Layout:
 
 def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
     """Average bytes per row of each column, per table."""
-    key = 2 + 2 * 18 + layout.id_chars  # sql.KEY: two 18-digit times and the id
+    key = 2 + 32  # sql.KEY: 16 hex digits of the timestamp, 16 of the id's fingerprint
     trait_share = layout.traits_per_call / layout.traits
     identifies = {
         "id": 2 + layout.id_chars,
