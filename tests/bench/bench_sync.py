@@ -115,6 +115,8 @@ def statements(layout: Layout, *, full: bool) -> list[tuple[str, dict[str, str]]
     warehouse.ensure_table(DATASET, "users_state", spec("users_state"), deadline)
     state = {n: t for c in sql.synced(list(traits)) for n, t in ((c.column, "FLOAT64"), (c.asof, "STRING"))}
     warehouse.add_columns(DATASET, "users_state", state, deadline)
+    hidden = [sql.ROW_ASOF, sql.REBUILD, sql.BUCKET, *(c for c in state if c.startswith(naming.ASOF_PREFIX))]
+    warehouse.put_view(DATASET, "users", sql.users_view_query(PROJECT, DATASET, hidden), deadline)  # as a run left it
     warehouse.ensure_table(settings.ops_dataset, "sync_history", spec("sync_history"), deadline)
     sync.run_sync(warehouse, settings, full=full, spaces=[SPACE])
     return [(text, params) for text, params in client.sent if not text.startswith("CREATE")]
