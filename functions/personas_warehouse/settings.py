@@ -22,6 +22,9 @@ from schemas.config import ALL_TABLES, CONFIG_SCHEMA
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "personas.yaml"
 BIGQUERY_MAX_COLUMNS = 10_000  # columns per table BigQuery allows
+# users_state keeps two columns per trait (the value and its as-of key), so a space's traits must fit
+# twice in one table: the budget of identifies is at most about half of BigQuery's limit.
+MAX_COLUMN_BUDGET = 5_000
 
 
 class ConfigError(Exception):
@@ -139,5 +142,8 @@ def _check(settings: Settings) -> None:
         value = getattr(settings, var)
         if not math.isfinite(value) or value < minimum:
             raise ConfigError(f"{var.upper()} must be at least {minimum}")
-    if settings.max_columns_per_table > BIGQUERY_MAX_COLUMNS:
-        raise ConfigError(f"MAX_COLUMNS_PER_TABLE must be at most {BIGQUERY_MAX_COLUMNS}, BigQuery's limit")
+    if settings.max_columns_per_table > MAX_COLUMN_BUDGET:
+        raise ConfigError(
+            f"MAX_COLUMNS_PER_TABLE must be at most {MAX_COLUMN_BUDGET}: users_state holds two columns per trait "
+            f"and BigQuery allows {BIGQUERY_MAX_COLUMNS} per table"
+        )
