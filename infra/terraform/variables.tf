@@ -164,7 +164,7 @@ variable "sync_memory" {
 }
 
 variable "sync_schedule" {
-  description = "Cron schedule of the users sync (Cloud Scheduler). Every minute: users is fresh within about a minute, for about $3 a day of queries at 1M calls a day and 1M users (docs/performance.md); \"0 * * * *\" (hourly) costs about $0.24."
+  description = "Cron schedule of the users sync (Cloud Scheduler). Every minute: users is fresh within about a minute, for about $1.72 a day of queries at 1M calls a day and 1M users (docs/performance.md); \"0 * * * *\" (hourly) costs about $0.13."
   type        = string
   default     = "* * * * *"
 }
