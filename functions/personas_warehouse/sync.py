@@ -140,7 +140,7 @@ def _sync_space(
     # A column the users view does not hide yet is new to users: filled from history, then the view
     # is made again. Kept in the view, this survives a run that fails in between.
     shown = view.view_query or "" if view is not None else ""
-    new = [c for c in columns if c is not ROW and f"`{c.asof}`" not in shown]
+    new = [c for c in columns if c is not ROW and c.asof not in shown]
     since = None if full else _since(warehouse, settings, slug, deadline)
     run = _Statements(warehouse, dataset, deadline)
     if since is None:  # the first run, or --full: every user from the whole history
@@ -162,7 +162,7 @@ def _sync_space(
             ids = [bigquery.ArrayQueryParameter(REBUILD_USERS, "STRING", rebuild)] if listed else []
             run.all(columns, lambda cols, last: rebuild_sql(*run.where, cols, listed=listed, clear_flag=last), ids)
             result.users_rebuilt = len(rebuild)
-    if view is None or view.view_query != users_query:
+    if view is None or any(h not in shown for h in hidden_now):
         warehouse.put_view(dataset, USERS, users_query, deadline)
     result.users_inserted, result.users_updated = run.inserted, run.updated
     result.identify_rows_read = int(window["rows_read"] or 0)

@@ -7,7 +7,9 @@
    the columns another writer just added from the catalog (storage keeps them, and rows land in the
    wrong columns). Real BigQuery answers 412 to the stale etag and never drops columns on patch;
    here an update that would drop a column gets that 412, which the product handles by re-reading.
-3. bqemulator reports `numDmlAffectedRows` but not `dmlStats` (inserted / updated / deleted rows),
+3. bqemulator does not return a view's query (`view.query`) from tables.get, as BigQuery does; the
+   users sync reads it to know which columns its view already hides. Here it is returned.
+4. bqemulator reports `numDmlAffectedRows` but not `dmlStats` (inserted / updated / deleted rows),
    which BigQuery reports for every DML job and the users sync reads. Here a MERGE's job gets them:
    inserted = the target's row count after minus before, updated = affected minus inserted.
 """
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bqemulator.api.routes.jobs as job_routes
+import bqemulator.api.routes.tables as table_routes
 from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
 from bqemulator.catalog.memory_repository import MemoryCatalogRepository
 from bqemulator.cli import main
@@ -84,9 +87,20 @@ def _with_dml_stats(original: QueryJob) -> QueryJob:
     return execute_query_job
 
 
+def _with_view_query(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    def table_to_rest(table: Any) -> dict[str, Any]:
+        body = original(table)
+        if getattr(table, "view_query", None):
+            body["view"] = {"query": table.view_query, "useLegacySql": False}
+        return body
+
+    return table_to_rest
+
+
 for cls in (MemoryCatalogRepository, DuckDBCatalogRepository):
     cls.update_table = _also_alter_storage(cls.update_table)
 job_routes.execute_query_job = _with_dml_stats(job_routes.execute_query_job)  # type: ignore[assignment]
+table_routes._table_to_rest = _with_view_query(table_routes._table_to_rest)
 
 if __name__ == "__main__":
     main()

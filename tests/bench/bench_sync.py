@@ -187,12 +187,12 @@ def local_wall_times(rows: int, users: int) -> dict[str, float]:
     from infra.local.stack import StackConfig, running
     from personas_warehouse.bigquery import make_client
 
-    config = StackConfig(
-        pubsub_port=38085,
-        bigquery_port=39050,
-        bigquery_grpc_port=39060,
-        ingest_port=38080,
-        sync_port=38081,
+    config = StackConfig(  # below Linux's ephemeral range (32768+), so no client connection holds them
+        pubsub_port=26085,
+        bigquery_port=26050,
+        bigquery_grpc_port=26060,
+        ingest_port=26080,
+        sync_port=26081,
         state_dir="/tmp/personas-bench-sync-stack",
     )
     with running(config):
