@@ -159,8 +159,8 @@ def test_traits_past_the_column_budget_are_column_limit_discards(
 
 
 def test_the_default_budget_caps_a_table_at_5000_columns(fake: StrictFakeBigQuery, warehouse: Warehouse) -> None:
-    """BigQuery allows 10,000 columns per table; MAX_COLUMNS_PER_TABLE keeps half of it for the sync's
-    bookkeeping and for operators. A call with 5,100 traits fills the table to exactly 5,000 columns."""
+    """BigQuery allows 10,000 columns per table; `users_state` keeps an `_asof_` twin beside every synced
+    column, so 5,000 in `identifies` is what still fits there. 5,100 traits fill the table to exactly 5,000."""
     base = len(spec("identifies").columns)
     traits = {f"trait_{i:04d}": i for i in range(5_100)}
     outcome = ingest(message(identify(traits=traits)), warehouse, SETTINGS)
@@ -233,7 +233,7 @@ def test_200_distinct_event_names_each_get_a_table_and_nothing_is_lost() -> None
         [row] = fake.rows[f"{PROJECT}.personas_default.event_{i:03d}"]
         assert (row["id"], row["event_text"], row["n"]) == (f"c-{i}", f"Event {i:03d}", i)
     assert len(fake.rows[TRACKS]) == 201 and rejections(fake) == []
-    assert per_new_event <= 6  # get (404), create, create view, get + update to add its column
+    assert per_new_event == 6  # get (404), create dataset (exists_ok), table, view; get + update for its column
     before = fake.metadata_calls
     for i in range(200):
         ingest(message(track(f"d-{i}", f"Event {i:03d}", n=i), f"q-{i}"), warehouse, SETTINGS)
