@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAGE := build/function
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: venv stage demo up down test unit lint checkov docs bench clean
+.PHONY: venv stage demo up down test unit lint checkov docs bench load clean
 
 $(VENV)/.installed: requirements-dev.txt requirements-lock.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ docs: venv
 bench: venv stage
 	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_ingest
 	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_sync
+
+# 20,000 single-call messages through the Pub/Sub emulator's push on a stack of its own (ports 48085,
+# 49050, 49060, 48080, 48081), then infra.ops.reconcile; writes docs/load.md. A few minutes.
+load: venv stage
+	$(PY) -m infra.local.load
 
 clean:
 	rm -rf build .stack $(VENV) $(CHECKOV_VENV)
