@@ -509,10 +509,6 @@ def run(args: argparse.Namespace, config: StackConfig = LOAD_CONFIG) -> Result:
     WORK.mkdir(parents=True, exist_ok=True)
     ids_path = WORK / "published.jsonl"
     shutil.rmtree(Path(config.state_dir) / "logs", ignore_errors=True)  # ours alone: logs of this run only
-    # bqemulator copies a table into a time-travel snapshot after every write and keeps the copies for 7
-    # days: O(rows) memory per insertAll, gigabytes within minutes of streaming. Real BigQuery's time
-    # travel costs nothing per insert; with 0 days the emulator's GC drops the copies every minute.
-    os.environ.setdefault("BQEMU_TIME_TRAVEL_RETENTION_DAYS", "0")
     with running(config):
         from infra.ops.common import make_warehouse
 
