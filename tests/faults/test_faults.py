@@ -83,7 +83,10 @@ def fault_stack(
     """A stack of its own on ports 100*slot above the base ones; with `proxy`, both functions reach
     bqemulator only through a FaultProxy (started first, so they never see it missing)."""
     o = 100 * slot
-    env = {"SYNC_OVERLAP_SECONDS": "0", **function_env}
+    # The overlap must exceed the ingest deadline (README, configuration): a row is stamped loaded_at before
+    # its insert, which can land up to the deadline later. With 0, syncs every second during these streams
+    # leave `users` short of rows a full rebuild sees (measured: 1-2 users of 30 differ).
+    env = {"INGEST_DEADLINE_SECONDS": "4", "SYNC_OVERLAP_SECONDS": "10", **function_env}
     fault_proxy = FaultProxy(29070 + o, 29050 + o) if proxy else None
     if fault_proxy is not None:
         env["BIGQUERY_EMULATOR_HOST"] = fault_proxy.url
@@ -366,7 +369,7 @@ def identify_ids_and_users(calls: list[dict[str, Any]]) -> tuple[int, int]:
 def test_bigquery_unavailable_for_20_seconds_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """300 single-call messages over ~30 s; BigQuery unreachable from the 6th to the 26th second. The
     function answers 500 within INGEST_DEADLINE_SECONDS, Pub/Sub redelivers, nothing is lost."""
-    with fault_stack(0, tmp_path, monkeypatch, proxy=True, INGEST_DEADLINE_SECONDS="4") as h:
+    with fault_stack(0, tmp_path, monkeypatch, proxy=True) as h:
         assert h.proxy is not None
         calls = make_calls("bq", 300, users=30, seed=1)
         n_ids, n_users = identify_ids_and_users(calls)
@@ -382,7 +385,7 @@ def test_bigquery_unavailable_for_20_seconds_mid_stream(tmp_path: Path, monkeypa
                 acked.append(count_in_log(h, "ingest", '"push acked"'))
 
         fault = threading.Thread(target=outage)
-        with syncing_every(h, 5) as statuses:
+        with syncing_every(h, 1) as statuses:
             fault.start()
             published_in = publish_paced(h, calls, per_second=10)
             fault.join()
@@ -419,7 +422,7 @@ def test_ingest_killed_mid_stream_and_started_again(tmp_path: Path, monkeypatch:
             timings["restart_s"] = respawn(h.stack, "ingest", h.stack.config.ingest_port)
 
         fault = threading.Thread(target=kill)
-        with syncing_every(h, 5) as statuses:
+        with syncing_every(h, 1) as statuses:
             fault.start()
             published_in = publish_paced(h, calls, per_second=15)
             fault.join()
@@ -445,7 +448,7 @@ def test_every_message_published_twice(tmp_path: Path, monkeypatch: pytest.Monke
         n_ids, n_users = identify_ids_and_users(calls)
         again = calls[:]
         random.Random(4).shuffle(again)
-        with syncing_every(h, 4) as statuses:
+        with syncing_every(h, 1) as statuses:
             publish_paced(h, calls + again, per_second=40)
             drained = wait_landed(h, n_ids, timeout=120)
             time.sleep(3)  # let the second copies of the last calls land too
