@@ -41,7 +41,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 # The fault tests (tests/faults, not in `make test`): each starts its own stack (ports 28080-29470), injects
-# one fault mid-stream, then reconciles and compares users with a full rebuild. About 5 minutes.
+# one fault mid-stream, then reconciles and compares users with a full rebuild. About 3 minutes.
 faults: venv stage
 	$(PY) -m pytest -q -s tests/faults
 
