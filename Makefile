@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAGE := build/function
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: venv stage demo up down test unit lint checkov docs bench load clean
+.PHONY: venv stage demo up down test unit faults lint checkov docs bench load clean
 
 $(VENV)/.installed: requirements-dev.txt requirements-lock.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: venv stage
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
+
+# The fault tests (tests/faults, not in `make test`): each starts its own stack (ports 28080-29470), injects
+# one fault mid-stream, then reconciles and compares users with a full rebuild. About 3 minutes.
+faults: venv stage
+	$(PY) -m pytest -q -s tests/faults
 
 lint: venv checkov
 	$(PY) -m ruff check .

@@ -105,6 +105,7 @@ class Stack:
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.pids: dict[str, int] = {}
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None, Path | None]] = {}
 
     @property
     def state_file(self) -> Path:
@@ -124,6 +125,7 @@ class Stack:
                 stdin=subprocess.DEVNULL,
             )
         self.pids[name] = proc.pid
+        self._commands[name] = (argv, env, cwd)
         self.state_file.write_text(json.dumps({"pids": self.pids, "config": asdict(self.config)}))
 
     def start(self) -> None:
@@ -199,6 +201,14 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def respawn(self, name: str) -> None:
+        """Start a process of this stack again with the command it was started with (the fault tests kill
+        a function's process group and bring it back); its old group must be gone."""
+        _reap(self.pids[name])
+        if _group_alive(self.pids[name]):
+            raise RuntimeError(f"{name} (process group {self.pids[name]}) is still running")
+        self._spawn(name, *self._commands[name])
 
     def scheduler_argv(self) -> list[str]:
         every = f"{self.config.sync_every_seconds:g}"
