@@ -5,9 +5,10 @@ subscription into the ingest function, then prove with the operator's own comman
     python -m infra.local.load [--calls 20000] [--malformed-percent 1] [--doc docs/load.md | --no-doc]
     make load
 
-It starts its own stack on spare ports (48085, 49050, 49060, 48080, 48081; the users sync scheduler is
-off), so it neither needs nor disturbs `make up` or the integration tests, and stops every process it
-started, whatever happens. What it publishes, round-robin over four spaces (the `space` attribute):
+It starts its own stack on spare ports below Linux's ephemeral range (24085, 24050, 24060, 24080,
+24081; the users sync scheduler is off), so it neither needs nor disturbs `make up` or the integration
+tests, and stops every process it started, whatever happens. What it publishes, round-robin over
+four spaces (the `space` attribute):
 identify and track calls shaped like Personas' (audience booleans and computed traits under `traits`,
 `context.personas`, "Audience Entered" / "Audience Exited" / "Trait Computed"), and 1% malformed
 messages, half not JSON at all and half valid JSON that breaks the call schema (no userId or
@@ -53,11 +54,11 @@ AUDIENCES = ("first_time_shopper", "cart_abandoner", "high_value", "churn_risk")
 USERS_PER_SPACE = 2_000
 POLL_SECONDS = 3.0  # each poll is a query on bqemulator, which is also what every push request writes to
 LOAD_CONFIG = StackConfig(
-    pubsub_port=48085,
-    bigquery_port=49050,
-    bigquery_grpc_port=49060,
-    ingest_port=48080,
-    sync_port=48081,
+    pubsub_port=24085,
+    bigquery_port=24050,
+    bigquery_grpc_port=24060,
+    ingest_port=24080,
+    sync_port=24081,
     sync_every_seconds=0.0,
     state_dir="/tmp/personas-load-stack",
 )
@@ -434,8 +435,8 @@ def write_doc(path: Path, result: Result, env: dict[str, str], when: datetime, a
         "",
         *textwrap.wrap(
             f"Run {when:%Y-%m-%d %H:%M} UTC. It starts its own stack (Google's Pub/Sub emulator, bqemulator,"
-            " the ingest function under functions-framework from `build/function`) on ports 48085, 49050,"
-            " 49060, 48080 and 48081, publishes single-call messages round-robin over four spaces (the `space`"
+            " the ingest function under functions-framework from `build/function`) on ports 24085, 24050,"
+            " 24060, 24080 and 24081, publishes single-call messages round-robin over four spaces (the `space`"
             " attribute), alternately identify and track calls shaped like Personas' plus"
             f" {100 * result.malformed / max(result.calls, 1):g}% malformed (half not JSON, half schema"
             " violations), lets the push subscription deliver them, waits until rows plus rejections stop"

@@ -261,13 +261,16 @@ class Stack:
         subscriber = pubsub_v1.SubscriberClient()
         topic = publisher.topic_path(c.project, c.topic)
         publisher.create_topic(name=topic)
+        # No retry_policy here (Terraform sets one for real Pub/Sub). Measured 2026-11-29 with the Cloud SDK
+        # 528 emulator: with one, messages whose pushes failed a few times in a row (500s, or connection
+        # refused while the function was down) were not pushed again within 300 s; without one, the
+        # emulator retries at once and delivers them (make faults found it).
         subscriber.create_subscription(
             request={
                 "name": subscriber.subscription_path(c.project, c.subscription),
                 "topic": topic,
                 "push_config": {"push_endpoint": c.push_endpoint},
                 "ack_deadline_seconds": 60,
-                "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
             }
         )
 

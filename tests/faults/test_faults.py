@@ -105,7 +105,6 @@ def fault_stack(
     try:
         with running(config) as stack:
             monkeypatch.setenv("PUBSUB_EMULATOR_HOST", config.pubsub_host)
-            _push_subscription_without_retry_policy(config)
             bq = bigquery.Client(
                 project=P,
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
@@ -126,26 +125,6 @@ def fault_stack(
     finally:
         if fault_proxy is not None:
             fault_proxy.stop()
-
-
-def _push_subscription_without_retry_policy(config: StackConfig) -> None:
-    """The stack's push subscription again, without its retry_policy. Measured (2026-11-29, Cloud SDK 528
-    emulator): with a retry_policy, messages whose pushes failed a few times in a row (500s, or connection
-    refused while the function was down) were not pushed again within 300 s, where real Pub/Sub retries
-    within maximum_backoff (10 s); without one, the emulator retries at once and delivers them. Left as
-    is, the faults below would fail on the emulator, not on this project's code."""
-    subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(config.project, config.subscription)
-    subscriber.delete_subscription(subscription=path)
-    subscriber.create_subscription(
-        request={
-            "name": path,
-            "topic": f"projects/{config.project}/topics/{config.topic}",
-            "push_config": {"push_endpoint": config.push_endpoint},
-            "ack_deadline_seconds": 60,
-        }
-    )
-    subscriber.close()
 
 
 # --- calls, publishing, pushing -------------------------------------------------------------------------------

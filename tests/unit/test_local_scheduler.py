@@ -208,7 +208,7 @@ def test_ticks_keep_a_fixed_rate_however_long_a_sync_takes(server: Server) -> No
     scheduler.stop()
     assert arrivals[0] - began >= 0.29
     gaps = [b - a for a, b in pairwise(arrivals)]
-    assert 0.27 < sum(gaps) / len(gaps) < 0.43, gaps  # 0.5 if it drifted
+    assert 0.27 < sum(gaps) / len(gaps) < 0.46, gaps  # 0.5 if it drifted
 
 
 @pytest.mark.parametrize(
