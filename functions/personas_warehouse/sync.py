@@ -144,6 +144,7 @@ def _sync_space(
     since = None if full else _since(warehouse, settings, slug, deadline)
     run = _Statements(warehouse, dataset, deadline)
     if since is None:  # the first run, or --full: every user from the whole history
+        result.mode = "full"
         [window] = run.query(window_sql(*run.where, since=False))
         run.all(columns, lambda cols, last: rebuild_sql(*run.where, cols, listed=False, clear_flag=last))
     else:

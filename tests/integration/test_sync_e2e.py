@@ -80,7 +80,8 @@ def test_trait_added_between_runs_and_incremental_watermark(
     assert (got["u1"]["first_time_shopper"], got["u1"]["total_revenue_180_days"]) == (True, 450.0)
     assert (got["u2"]["first_time_shopper"], got["u2"]["total_revenue_180_days"]) == (False, None)
     [a], [b] = first["spaces"], second["spaces"]
-    assert a["watermark_from"] is None and b["watermark_from"] == a["watermark_to"]
+    assert a["watermark_from"] is None and a["mode"] == "full"  # a space's first run rebuilds, and says so
+    assert b["watermark_from"] == a["watermark_to"] and b["mode"] == "incremental"
     assert (b["users_inserted"], b["users_updated"], b["identify_rows_read"]) == (0, 1, 2)  # only u1 recomputed
     _, full = sync(stack, spaces=[space], full=True)
     assert full["spaces"][0]["mode"] == "full" and users(bq, space) == got
