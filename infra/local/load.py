@@ -53,15 +53,7 @@ EVENTS = ("Audience Entered", "Audience Exited", "Trait Computed")
 AUDIENCES = ("first_time_shopper", "cart_abandoner", "high_value", "churn_risk")
 USERS_PER_SPACE = 2_000
 POLL_SECONDS = 3.0  # each poll is a query on bqemulator, which is also what every push request writes to
-LOAD_CONFIG = StackConfig(
-    pubsub_port=24085,
-    bigquery_port=24050,
-    bigquery_grpc_port=24060,
-    ingest_port=24080,
-    sync_port=24081,
-    sync_every_seconds=0.0,
-    state_dir="/tmp/personas-load-stack",
-)
+LOAD_CONFIG = StackConfig.private(24_000, "load")  # ports 24085, 24050, 24060, 24080, 24081
 WORK = ROOT / "build" / "load"
 DOC = ROOT / "docs" / "load.md"
 COMMAND = "make load  (python -m infra.local.load)"

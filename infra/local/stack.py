@@ -51,6 +51,20 @@ class StackConfig:
     function_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
+    def private(cls, base: int, name: str) -> StackConfig:
+        """A stack of a tool's own (bench, load test), no scheduler: Pub/Sub on base+85, BigQuery REST and
+        gRPC on base+50 and base+60, ingest and sync on base+80 and base+81. Keep base below 32768:
+        Linux hands out 32768-60999 to client sockets, which can hold a port a stack wants."""
+        return cls(
+            pubsub_port=base + 85,
+            bigquery_port=base + 50,
+            bigquery_grpc_port=base + 60,
+            ingest_port=base + 80,
+            sync_port=base + 81,
+            state_dir=f"/tmp/personas-{name}-stack",
+        )
+
+    @classmethod
     def from_env(cls) -> StackConfig:
         env = os.environ
         return cls(

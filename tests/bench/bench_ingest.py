@@ -107,14 +107,7 @@ def bench_writes() -> None:
     from personas_warehouse.bigquery import Warehouse, make_client
     from personas_warehouse.ingest import ingest
 
-    config = StackConfig(
-        pubsub_port=28085,
-        bigquery_port=29050,
-        bigquery_grpc_port=29060,
-        ingest_port=28080,
-        sync_port=28081,
-        state_dir="/tmp/personas-bench-stack",
-    )
+    config = StackConfig.private(28_000, "bench")
     with running(config):
         settings = Settings(project=config.project, bigquery_emulator_host=config.bigquery_url)
         warehouse = Warehouse(make_client(settings))

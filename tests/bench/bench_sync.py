@@ -187,14 +187,7 @@ def local_wall_times(rows: int, users: int) -> dict[str, float]:
     from infra.local.stack import StackConfig, running
     from personas_warehouse.bigquery import make_client
 
-    config = StackConfig(  # below Linux's ephemeral range (32768+), so no client connection holds them
-        pubsub_port=26085,
-        bigquery_port=26050,
-        bigquery_grpc_port=26060,
-        ingest_port=26080,
-        sync_port=26081,
-        state_dir="/tmp/personas-bench-sync-stack",
-    )
+    config = StackConfig.private(26_000, "bench-sync")
     with running(config):
         settings = Settings(project=config.project, bigquery_emulator_host=config.bigquery_url, sync_overlap_seconds=0)
         warehouse = Warehouse(make_client(settings))
