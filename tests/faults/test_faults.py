@@ -275,6 +275,16 @@ def users(h: Harness) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in query(h, f"SELECT * FROM {h.table('users')}")}
 
 
+def assert_every_call_landed_once(h: Harness, calls: int, users: int) -> None:
+    """How an operator checks a fault is over: reconcile finds a row for every call, a sync succeeds, and
+    `users` equals a full rebuild."""
+    report = reconcile(h)
+    assert report["totals"]["calls"] == calls and report["totals"]["rows"] == calls
+    status, summary = sync(h)
+    assert status == 200, summary
+    assert_users_equal_full_rebuild(h, users)
+
+
 def assert_users_equal_full_rebuild(h: Harness, expected_users: int) -> None:
     """`users` as the incremental runs left it must be what a full rebuild makes of the same history."""
     before = users(h)
@@ -378,11 +388,7 @@ def test_bigquery_unavailable_for_20_seconds_mid_stream(tmp_path: Path, monkeypa
         )
         assert h.proxy.stats.refused + h.proxy.stats.cut > 0 and retries > 0, "the outage did not bite"
         assert acked[0] == acked[1], f"{acked[1] - acked[0]} messages were written while BigQuery was unreachable"
-        report = reconcile(h)
-        assert report["totals"]["calls"] == len(calls) and report["totals"]["rows"] == len(calls)
-        status, summary = sync(h)
-        assert status == 200, summary
-        assert_users_equal_full_rebuild(h, n_users)
+        assert_every_call_landed_once(h, len(calls), n_users)
 
 
 def test_ingest_killed_mid_stream_and_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -412,11 +418,7 @@ def test_ingest_killed_mid_stream_and_started_again(tmp_path: Path, monkeypatch:
             f"publishing; syncs answered {statuses}"
         )
         assert "restart_s" in timings, "the ingest function was not killed and started again"
-        report = reconcile(h)
-        assert report["totals"]["calls"] == len(calls) and report["totals"]["rows"] == len(calls)
-        status, summary = sync(h)
-        assert status == 200, summary
-        assert_users_equal_full_rebuild(h, n_users)
+        assert_every_call_landed_once(h, len(calls), n_users)
 
 
 def test_every_message_published_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
