@@ -30,7 +30,7 @@ SETTINGS: Settings = load_settings()
 
 @cache
 def warehouse() -> Warehouse:
-    return Warehouse(make_client(SETTINGS))
+    return Warehouse(make_client(SETTINGS), write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000)
 
 
 def handle_push_request(request: Any) -> Response:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import requests
 from google.api_core import exceptions as gexc
@@ -18,7 +18,7 @@ from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from personas_warehouse import naming, sql, values
+from personas_warehouse import group_commit, naming, sql, values
 from personas_warehouse.errors import TransientError
 from personas_warehouse.settings import Settings
 from schemas.tables import TableSpec
@@ -102,10 +102,27 @@ class Described:
     view_query: str | None
 
 
+Problems = list[dict[str, Any]]  # BigQuery's errors for one row: {"reason", "location", "message"}
+
+
 @dataclass(frozen=True)
 class RowRefusal:
     index: int
-    errors: list[dict[str, Any]]
+    errors: Problems
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One row on its way: as sent, its insert id, the schema it was fitted to, its bytes in a request."""
+
+    row: dict[str, Any]
+    insert_id: str
+    expected: Schema
+    size: int
+
+
+def _entry(row: dict[str, Any], insert_id: str, expected: Schema) -> _Entry:
+    return _Entry(row, insert_id, expected, _entry_bytes(row, insert_id))
 
 
 def _schema_of(table: bigquery.Table) -> Schema:
@@ -149,8 +166,21 @@ def _requests(indices: Sequence[int], sizes: Sequence[int]) -> Iterator[list[int
 class Warehouse:
     """Every BigQuery call of ingest and sync."""
 
-    def __init__(self, client: bigquery.Client, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: bigquery.Client,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        write_group_max_wait: float = 0.05,
+    ) -> None:
         self.client = client
+        # One per instance: the request threads' rows for one table meet here and share writes.
+        self._groups: group_commit.GroupCommit[_Entry, Problems] = group_commit.GroupCommit(
+            self._write_group,
+            max_items=INSERT_ROWS_PER_REQUEST,
+            max_size=INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES,
+            max_wait=write_group_max_wait,
+        )
         self.project = client.project
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._specs: dict[tuple[str, str], TableSpec] = {}  # to re-create a table BigQuery lost
@@ -226,20 +256,37 @@ class Warehouse:
     def insert(
         self, dataset: str, table: str, rows: Sequence[dict[str, Any]], insert_ids: Sequence[str], deadline: Deadline
     ) -> list[RowRefusal]:
-        """Stream rows with insert ids, in requests within insertAll's limits; returns the rows refused for
-        themselves (BigQuery's verdict, or alone over the request budget). Everything else is retried with
-        backoff until the deadline, then raises TransientError (Pub/Sub redelivers): rows stopped by a
-        refused neighbour, a column BigQuery does not see yet, and a table BigQuery does not find (404 right
-        after its creation, or dropped by an operator: it is re-ensured, with the columns the rows need)."""
+        """Stream rows with insert ids; returns the rows refused for themselves (BigQuery's verdict, or alone
+        over the request budget) once every other row is written. The rows travel in a write shared with
+        the other requests in flight in this instance (group_commit.py); a failed write raises here, in
+        every request it carried (TransientError: Pub/Sub redelivers)."""
         expected = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
-        wire = [values.wire_row(row) for row in rows]
-        sizes = [_entry_bytes(row, insert_id) for row, insert_id in zip(wire, insert_ids, strict=True)]
+        entries = [
+            _entry(values.wire_row(row), insert_id, expected) for row, insert_id in zip(rows, insert_ids, strict=True)
+        ]
         budget = INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES
-        refused = [RowRefusal(i, [_too_big(size)]) for i, size in enumerate(sizes) if size > budget]
-        fitting = [i for i, size in enumerate(sizes) if size <= budget]
-        for request in _requests(fitting, sizes):
-            refused += self._send(dataset, table, wire, insert_ids, request, expected, deadline)
+        refused = [RowRefusal(i, [_too_big(e.size)]) for i, e in enumerate(entries) if e.size > budget]
+        fitting = [i for i, e in enumerate(entries) if e.size <= budget]
+        sending = [entries[i] for i in fitting]
+        written = self._groups.submit((dataset, table), sending, [e.size for e in sending], deadline)
+        refused += [RowRefusal(fitting[i], errors) for i, errors in written.items()]
         return sorted(refused, key=lambda r: r.index)
+
+    def _write_group(
+        self, key: Hashable, entries: list[_Entry], deadline: group_commit.Deadline
+    ) -> dict[int, Problems]:
+        """One group's rows (of one or many requests) in requests within insertAll's limits, each until
+        its rows are written or refused for themselves: {index in entries: BigQuery's errors}."""
+        dataset, table = cast(tuple[str, str], key)
+        expected: Schema = {}
+        for schema in {id(e.expected): e.expected for e in entries}.values():
+            expected.update(schema)
+        wire = [e.row for e in entries]
+        ids = [e.insert_id for e in entries]
+        refused: dict[int, Problems] = {}
+        for request in _requests(range(len(entries)), [e.size for e in entries]):
+            refused.update(self._send(dataset, table, wire, ids, request, expected, cast(Deadline, deadline)))
+        return refused
 
     def _send(
         self,
@@ -250,10 +297,10 @@ class Warehouse:
         request: list[int],
         expected: Schema,
         deadline: Deadline,
-    ) -> list[RowRefusal]:
-        """One request's rows until each is written or refused for itself."""
+    ) -> dict[int, Problems]:
+        """One request's rows until each is written or refused for itself: {index: BigQuery's errors}."""
         ref = self.table_ref(dataset, table)
-        pending, refused, delay = request, [], _FIRST_DELAY
+        pending, refused, delay = request, {}, _FIRST_DELAY
         checked = False  # whether a refusal made us compare the table with the schema the rows were fitted to
         while pending:
             fields = {name for i in pending for name in wire[i]}
@@ -277,7 +324,7 @@ class Warehouse:
                 index = pending[entry["index"]]
                 problems = entry.get("errors", [])
                 if not all(_retryable_row_error(p) for p in problems):
-                    refused.append(RowRefusal(index, problems))
+                    refused[index] = problems
                     refused_now = True
                     continue
                 retry_next.append(index)

@@ -58,6 +58,7 @@ class Settings:
     max_columns_per_table: int = 5_000
     ingest_deadline_seconds: float = 50.0
     sync_overlap_seconds: int = 120
+    write_group_max_wait_ms: float = 50.0
     spaces: Mapping[str, SpaceConfig] = field(default_factory=dict)
 
     def space(self, slug: str) -> SpaceConfig:
@@ -82,6 +83,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MAX_COLUMNS_PER_TABLE": ("max_columns_per_table", int),
     "INGEST_DEADLINE_SECONDS": ("ingest_deadline_seconds", float),
     "SYNC_OVERLAP_SECONDS": ("sync_overlap_seconds", int),
+    "WRITE_GROUP_MAX_WAIT_MS": ("write_group_max_wait_ms", float),
 }
 
 
@@ -137,6 +139,7 @@ def _check(settings: Settings) -> None:
         "max_columns_per_table": 50,
         "ingest_deadline_seconds": 1,
         "sync_overlap_seconds": 0,
+        "write_group_max_wait_ms": 0,
     }
     for var, minimum in minimums.items():
         value = getattr(settings, var)

@@ -183,7 +183,14 @@ class Stack:
                 cwd=ROOT,
             )
             # PYTHONPATH pins imports to the staged copy: a file missing from the deployable unit fails.
-            function_env = {**c.exports(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(STAGE), **c.function_env}
+            # THREADS as Terraform sets it on the ingest function (its concurrency): requests in flight share writes.
+            function_env = {
+                **c.exports(),
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(STAGE),
+                "THREADS": "80",
+                **c.function_env,
+            }
             function_env.pop("PUBSUB_EMULATOR_HOST")
             for name, target, signature, port in (
                 ("ingest", "ingest", "http", c.ingest_port),
