@@ -112,8 +112,9 @@ def push_section(s: bench_stack.StackFigures) -> str:
 
 {p.messages} single-call messages published to the stack's topic, whose push subscription targets ours,
 and as many to a topic whose push subscription targets the bare function; the time from the first
-publish until the last call landed (ours: its rows counted in BigQuery, polled every 0.2 s; bare: the
-function's own ack counter). {len(p.ratios)} runs, alternating. Google's emulator keeps about two
+publish until the last call landed (ours: its rows counted in BigQuery, polled every
+{bench_stack.OURS_POLL:g} s; bare: the function's own ack counter, polled every {bench_stack.BARE_POLL:g} s).
+{len(p.ratios)} runs, alternating. Google's emulator keeps about two
 messages in flight per subscription, so this is the latency of one message (with the emulator's own
 share), not throughput; real Pub/Sub push ramps up to many messages in flight.
 
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     core = bench_ingest.measure_core(runs=max(5, args.runs))
     memory = bench_ingest.measure_memory()
     stack = bench_stack.measure_stack(
-        messages=100 if args.quick else 1000, push_messages=30 if args.quick else 100, runs=args.runs
+        messages=100 if args.quick else 1000, push_messages=30 if args.quick else 200, runs=args.runs
     )
     print("users sync ...", file=sys.stderr)
     sync = bench_sync.figures(20_000 if args.quick else 200_000)
