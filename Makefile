@@ -67,9 +67,11 @@ checkov: $(CHECKOV_VENV)/.installed
 docs: venv
 	PYTHONPATH=functions:. $(PY) -m infra.docs
 
+# Every benchmark against its baseline, side by side in one run; writes docs/performance.md (generated,
+# whole file). Starts stacks of its own (ports 28050-28090, then 26050-26081). About 10 minutes;
+# `make bench BENCH_FLAGS=--quick` for a quick check of the harness (its figures are not for publishing).
 bench: venv stage
-	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_ingest
-	PYTHONPATH=functions:. $(PY) -m tests.bench.bench_sync
+	PYTHONPATH=functions:. $(PY) -m tests.bench $(BENCH_FLAGS)
 
 # 20,000 single-call messages through the Pub/Sub emulator's push on a stack of its own (ports 48085,
 # 49050, 49060, 48080, 48081), then infra.ops.reconcile; writes docs/load.md. A few minutes.

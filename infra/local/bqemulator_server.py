@@ -16,25 +16,34 @@
 5. bqemulator reports `numDmlAffectedRows` but not `dmlStats` (inserted / updated / deleted rows),
    which BigQuery reports for every DML job and the users sync reads. Here a MERGE's job gets them:
    inserted = the target's row count after minus before, updated = affected minus inserted.
+
+Also, for the benchmark (tests/bench): write requests are counted on the server side, and
+`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m}`: POSTs that reached the
+tabledata.insertAll route, and AppendRowsRequests received on Storage Write API streams (one request
+is one write, however many rows it carries). Local tooling only; real BigQuery has no such route.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("BQEMU_TIME_TRAVEL_RETENTION_DAYS", "0")  # before bqemulator reads its settings
 
 import re
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import bqemulator.api.routes.jobs as job_routes
 import bqemulator.api.routes.tables as table_routes
+import bqemulator.server as emulator_server
 from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
 from bqemulator.catalog.memory_repository import MemoryCatalogRepository
 from bqemulator.cli import main
 from bqemulator.domain.errors import DomainError
+from bqemulator.grpc_api.write_servicer import BigQueryWriteHandler
 from bqemulator.jobs.executor import JOB_RESULTS
 from bqemulator.storage.sql_identifiers import quoted_table_ref
 from bqemulator.storage.type_map import bq_schema_to_duckdb_columns
@@ -105,6 +114,63 @@ def _with_view_query(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any
     return table_to_rest
 
 
+COUNTERS = {"insertAll": 0, "appendRows": 0}
+_COUNTERS_LOCK = threading.Lock()  # REST runs on the event loop, gRPC on a thread pool
+
+
+def _count(name: str) -> None:
+    with _COUNTERS_LOCK:
+        COUNTERS[name] += 1
+
+
+class _CountingMiddleware:
+    """Plain ASGI (no per-request task, unlike BaseHTTPMiddleware): counts POST .../insertAll and answers
+    GET /_personas/counters itself."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if scope["method"] == "POST" and path.endswith("/insertAll"):
+                _count("insertAll")
+            elif scope["method"] == "GET" and path == "/_personas/counters":
+                with _COUNTERS_LOCK:
+                    body = json.dumps(COUNTERS).encode()
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _with_counters(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def create_app(context: Any) -> Any:
+        app = original(context)
+        app.add_middleware(_CountingMiddleware)  # the outermost: it sees every request
+        return app
+
+    return create_app
+
+
+def _counting_appends(original: Callable[..., Iterator[bytes]]) -> Callable[..., Iterator[bytes]]:
+    def handle_append_rows(self: Any, request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        def counted() -> Iterator[bytes]:
+            for request in request_iterator:
+                _count("appendRows")
+                yield request
+
+        return original(self, counted(), context)
+
+    return handle_append_rows
+
+
+emulator_server.create_app = _with_counters(emulator_server.create_app)  # type: ignore[attr-defined]
+BigQueryWriteHandler._handle_append_rows = _counting_appends(  # type: ignore[method-assign]
+    BigQueryWriteHandler._handle_append_rows
+)
 for cls in (MemoryCatalogRepository, DuckDBCatalogRepository):
     cls.update_table = _also_alter_storage(cls.update_table)
 job_routes.execute_query_job = _with_dml_stats(job_routes.execute_query_job)  # type: ignore[assignment]

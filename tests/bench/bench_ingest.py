@@ -1,28 +1,34 @@
-"""Benchmarks of ingest, printed as ratios against baselines measured in the same process (this
-machine is noisy: absolute numbers mean little, ratios do). Not part of the test suite.
+"""Core CPU and memory of ingest, in process (section 4 of docs/performance.md; `make bench` runs it).
 
-1. Core CPU per call: decode + validate + shape + fit, against json.loads of the same bytes.
-2. Core CPU per call in a 100-call batch envelope, against single-call messages.
-3. Peak memory of shaping 1,000 calls (tracemalloc), against holding their parsed JSON.
-4. Write path on bqemulator (started here on spare ports): calls/s with 100-call batch messages,
-   against one call per message (one insertAll each).
+1. Core CPU per call: decode + validate + shape + fit (`core()`), against json.loads of the same bytes,
+   both timed in the same repetition; the figure is the median of the repetitions' ratios.
+2. Core CPU per call in 100-call batch envelopes, against single-call messages, the same way.
+3. Memory after 10,000 calls: the whole ingest path (`ingest()` over `Warehouse` over a fake BigQuery
+   client that keeps no rows), tracemalloc's current traced memory after 1,000 calls against after
+   10,000: a flat line is a ratio of about 1.
 
-Run: make bench
+Run alone: PYTHONPATH=functions:. python -m tests.bench.bench_ingest
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import gc
 import json
+import os
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from personas_warehouse.messages import PubSubMessage, decode
 from personas_warehouse.settings import Settings, SpaceConfig
 from personas_warehouse.shaping import fit_rows, plan_columns, shape
+from tests.fakes import FakeBigQuery
 
 SETTINGS = Settings()
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -64,75 +70,111 @@ def core(msg: PubSubMessage) -> int:
     return len(fit_rows(rows, schema, SpaceConfig(), "2026-11-01T00:00:00Z").rows)
 
 
-def per_call_seconds(fn: Callable[[], Any], calls: int, repeat: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best / calls
+def cpu_seconds(fn: Callable[[], Any]) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
 
 
-def bench_core() -> None:
-    n = 2000
+@dataclass(frozen=True)
+class CoreFigures:
+    runs: int
+    json_loads_us: float  # median CPU per call
+    single_us: float
+    batched_us: float
+    single_vs_json: float  # median of the runs' ratios
+    batched_vs_single: float
+
+
+def measure_core(runs: int = 5, n: int = 2000) -> CoreFigures:
+    """Each run times json.loads, single-call messages and 100-call batches back to back (same bytes)."""
     singles = [message(personas_identify(i), i) for i in range(n)]
     raw = [base64.b64decode(m.data_b64) for m in singles]
     batches = [message({"batch": [personas_identify(i * 100 + j) for j in range(100)]}, i) for i in range(n // 100)]
-    baseline = per_call_seconds(lambda: [json.loads(r) for r in raw], n)
-    single = per_call_seconds(lambda: [core(m) for m in singles], n)
-    batched = per_call_seconds(lambda: [core(m) for m in batches], n)
-    print(f"core per call, single-call messages: {single / baseline:6.1f}x json.loads ({single * 1e6:.0f} us)")
-    print(f"core per call, 100-call batches:     {batched / single:6.2f}x single-call messages")
-
-
-def bench_memory() -> None:
-    docs = [personas_identify(i) for i in range(1000)]
-    tracemalloc.start()
-    parsed = [json.loads(json.dumps(d)) for d in docs]
-    _, baseline = tracemalloc.get_traced_memory()
-    del parsed
-    tracemalloc.reset_peak()
-    msg = message({"batch": docs}, 0)
-    tracemalloc.reset_peak()
-    core(msg)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(f"peak memory shaping 1,000 calls:     {peak / baseline:6.2f}x holding their parsed JSON")
-
-
-def bench_writes() -> None:
-    from google.cloud import bigquery
-
-    from infra.local.stack import StackConfig, running
-    from personas_warehouse.bigquery import Warehouse, make_client
-    from personas_warehouse.ingest import ingest
-
-    config = StackConfig.private(28_000, "bench")
-    with running(config):
-        settings = Settings(project=config.project, bigquery_emulator_host=config.bigquery_url)
-        warehouse = Warehouse(make_client(settings))
-        assert isinstance(warehouse.client, bigquery.Client)
-        ingest(message(personas_identify(-1), -1), warehouse, settings)  # create dataset, table, columns
-        n = 200
-        start = time.perf_counter()
-        for i in range(n):
-            ingest(message(personas_identify(i), i), warehouse, settings)
-        single = n / (time.perf_counter() - start)
-        start = time.perf_counter()
-        for b in range(n // 100 * 5):
-            ingest(
-                message({"batch": [personas_identify(10_000 + b * 100 + j) for j in range(100)]}, 10_000 + b),
-                warehouse,
-                settings,
-            )
-        batched = n * 5 / (time.perf_counter() - start)
-    print(
-        f"bqemulator write path, calls/s:      {batched / single:6.1f}x with 100-call batches vs single calls "
-        f"({single:.0f}/s single)"
+    core(singles[0])  # warm: imports, caches
+    loads, single, batched = [], [], []
+    for _ in range(runs):
+        loads.append(cpu_seconds(lambda: [json.loads(r) for r in raw]) / n)
+        single.append(cpu_seconds(lambda: [core(m) for m in singles]) / n)
+        batched.append(cpu_seconds(lambda: [core(m) for m in batches]) / n)
+    return CoreFigures(
+        runs=runs,
+        json_loads_us=statistics.median(loads) * 1e6,
+        single_us=statistics.median(single) * 1e6,
+        batched_us=statistics.median(batched) * 1e6,
+        single_vs_json=statistics.median(s / j for s, j in zip(single, loads, strict=True)),
+        batched_vs_single=statistics.median(b / s for b, s in zip(batched, single, strict=True)),
     )
 
 
+class _KeepsNoRows(FakeBigQuery):
+    """A fake BigQuery that forgets the rows it is given: what grows then is ingest's own memory."""
+
+    def insert_rows_json(self, ref: Any, rows: list[dict[str, Any]], row_ids: list[str], **kw: Any) -> list[Any]:
+        errors = super().insert_rows_json(ref, rows, row_ids, **kw)
+        self.rows[self._key(ref)].clear()
+        return errors
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    calls_first: int
+    calls_total: int
+    current_after_first: int  # tracemalloc's current traced bytes, after gc
+    current_after_total: int
+    peak_first: int  # the highest traced bytes during the first calls
+    peak_rest: int  # ... during the calls after them
+
+    @property
+    def peak_growth(self) -> float:
+        return self.peak_rest / self.peak_first
+
+    @property
+    def retained_per_call(self) -> float:
+        """Bytes still held per call made after the first ones: about 0 when nothing accumulates."""
+        return (self.current_after_total - self.current_after_first) / (self.calls_total - self.calls_first)
+
+
+def measure_memory(first: int = 1_000, total: int = 10_000) -> MemoryFigures:
+    """The whole ingest path in process, one single-call message per call, its log lines sent to
+    /dev/null (written, as in production, but not kept); 100 warm-up calls before tracing."""
+    from personas_warehouse.bigquery import Warehouse
+    from personas_warehouse.ingest import ingest
+
+    warehouse = Warehouse(_KeepsNoRows())  # type: ignore[arg-type]
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        for i in range(100):
+            ingest(message(personas_identify(-1 - i), -1 - i), warehouse, SETTINGS)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for i in range(first):
+                ingest(message(personas_identify(i), i), warehouse, SETTINGS)
+            gc.collect()
+            after_first, peak_first = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            for i in range(first, total):
+                ingest(message(personas_identify(i), i), warehouse, SETTINGS)
+            gc.collect()
+            after_total, peak_rest = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    return MemoryFigures(first, total, after_first, after_total, peak_first, peak_rest)
+
+
+def main() -> int:
+    figures = measure_core()
+    print(
+        f"core per call, single-call messages: {figures.single_vs_json:6.1f}x json.loads ({figures.single_us:.0f} us)"
+    )
+    print(f"core per call, 100-call batches:     {figures.batched_vs_single:6.2f}x single-call messages")
+    memory = measure_memory()
+    print(
+        f"memory, calls {memory.calls_first:,}-{memory.calls_total:,} vs the first {memory.calls_first:,}: peak "
+        f"{memory.peak_growth:.2f}x; {memory.retained_per_call:.1f} bytes retained per call"
+    )
+    return 0
+
+
 if __name__ == "__main__":
-    bench_core()
-    bench_memory()
-    bench_writes()
+    raise SystemExit(main())

@@ -156,10 +156,12 @@ class Bytes:
     read: float  # what the statements read
     billed: float  # with BigQuery's 10 MB minimum per table per query
     lines: tuple[str, ...]
+    by_table: dict[str, float]  # bytes read per table name
 
 
 def measure(layout: Layout, analyzer: sqlcheck.Analyzer, *, full: bool, clustered: bool) -> Bytes:
     sizes, tables, read, billed, lines = value_bytes(layout), catalog(layout), 0.0, 0.0, []
+    by_table: dict[str, float] = {}
     for text, params in statements(layout, full=full):
         analysis = analyzer.analysis(text, params, tables)
         if analysis.errors:
@@ -169,8 +171,9 @@ def measure(layout: Layout, analyzer: sqlcheck.Analyzer, *, full: bool, clustere
             per_row = sum(sizes.get(name, {}).get(c, 0) for c in columns)
             scanned = per_row * rows_read(table, text, layout, clustered=clustered)
             read, billed = read + scanned, billed + max(MIN_BILLED, scanned)
+            by_table[name] = by_table.get(name, 0.0) + scanned
             lines.append(f"  {analysis.kind:<11} {name:<13} {len(columns):>3} columns {scanned / MB:>10,.2f} MB read")
-    return Bytes(read, billed, tuple(lines))
+    return Bytes(read, billed, tuple(lines), by_table)
 
 
 def cost_per_day(layout: Layout, analyzer: sqlcheck.Analyzer, runs_per_day: int) -> dict[str, float]:
@@ -222,11 +225,8 @@ def local_wall_times(rows: int, users: int) -> dict[str, float]:
     return {"rows": rows, "users": users, "full_seconds": full, "incremental_seconds": incremental}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--local-rows", type=int, default=200_000, help="identify rows for the local wall times")
-    args = parser.parse_args(argv)
+def figures(local_rows: int = 200_000) -> dict[str, Any]:
+    """Every figure of this benchmark (docs/performance.md renders them; `main` prints them)."""
     analyzer = sqlcheck.Analyzer.load()
     layout = Layout()
     incremental = measure(layout, analyzer, full=False, clustered=True)
@@ -240,23 +240,35 @@ def main(argv: list[str] | None = None) -> int:
         day = replace(layout, identify_rows=calls_per_day * 30, days=30, users=users, new_rows=new, touched_users=new)
         schedules[name] = cost_per_day(day, analyzer, 1440 // minutes)
     analyzer.close()
-    wall = local_wall_times(args.local_rows, args.local_rows // 10)
-    result = {
+    wall = local_wall_times(local_rows, local_rows // 10)
+    return {
         "local_wall_times": wall,
         "layout": layout.__dict__,
         "read": {"incremental": incremental.read, "day_partitions_only": by_partition.read, "full": full.read},
+        "read_by_table": {"incremental": incremental.by_table, "full": full.by_table},
+        "lines": {"incremental": incremental.lines, "full": full.lines},
         "billed": {"incremental": incremental.billed, "full": full.billed},
         "ratio_read": incremental.read / full.read,
         "ratio_read_day_partitions_only": by_partition.read / full.read,
         "ratio_billed": incremental.billed / full.billed,
         "schedules_at_1M_calls_and_1M_users": schedules,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--local-rows", type=int, default=200_000, help="identify rows for the local wall times")
+    args = parser.parse_args(argv)
+    result = figures(args.local_rows)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    layout, wall, schedules = Layout(), result["local_wall_times"], result["schedules_at_1M_calls_and_1M_users"]
+    read = result["read"]
     print(f"layout: {layout}")
-    print(f"incremental run: {incremental.read / MB:,.2f} MB read\n" + "\n".join(incremental.lines))
-    print(f"full rebuild:    {full.read / MB:,.2f} MB read\n" + "\n".join(full.lines))
+    print(f"incremental run: {read['incremental'] / MB:,.2f} MB read\n" + "\n".join(result["lines"]["incremental"]))
+    print(f"full rebuild:    {read['full'] / MB:,.2f} MB read\n" + "\n".join(result["lines"]["full"]))
     print(f"read, incremental / full: {result['ratio_read']:.4f} (target <= 0.05)")
     print(f"read, with day partitions only (no clustering): {result['ratio_read_day_partitions_only']:.4f}")
     print(f"billed (10 MB minimum per table), incremental / full: {result['ratio_billed']:.4f}")
@@ -265,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         f"incremental (1% of users touched) {wall['incremental_seconds']:.1f} s: "
         f"{wall['incremental_seconds'] / wall['full_seconds']:.2f}x"
     )
-    for name, figures in schedules.items():
+    for name, cost in schedules.items():
         print(
-            f"{name}: {figures['MB billed per run']:,.1f} MB billed per run, ${figures['USD per day']:.2f} a day "
+            f"{name}: {cost['MB billed per run']:,.1f} MB billed per run, ${cost['USD per day']:.2f} a day "
             f"at 1M calls a day and 1M users (${PRICE_PER_TIB}/TiB)"
         )
     return 0

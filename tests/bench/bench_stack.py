@@ -1,0 +1,443 @@
+"""The ingest function as the local stack runs it, against a bare function, side by side in one run
+(sections 1, 2, 3 and 5 of docs/performance.md; `make bench` runs it).
+
+One stack of its own (`StackConfig.private(28000, "bench")`: Pub/Sub emulator, bqemulator through
+infra/local/bqemulator_server.py, the staged function under functions-framework with THREADS=80 as in
+production) plus the bare function (tests/bench/bare_function: parse, decode, parse, 204) under
+functions-framework the same way on port 28090.
+
+1. Under concurrency: Pub/Sub push bodies of single-call messages POSTed over keep-alive HTTP
+   connections by `concurrency` threads, to ours and to the bare function by the same generator, at
+   1, 8 and 32 in flight, alternating which goes first; calls/s = messages / wall time. Afterwards
+   every call ours acked (204) is looked up in BigQuery by its id, with infra.ops.reconcile's query:
+   one missing fails the benchmark.
+2. Through the Pub/Sub emulator's push: N messages published to a topic whose push subscription
+   targets ours, and to another targeting the bare function; the time from the first publish until
+   the last one landed (ours: rows counted in BigQuery, polled every 0.1 s; bare: its ack counter,
+   polled every 0.01 s).
+3. Write requests: bqemulator_server counts insertAll POSTs and AppendRows requests; the deltas
+   around ours' runs of section 1, per 1,000 messages.
+5. Cold start: a fresh python process that imports the staged function with the stack's env,
+   builds functions-framework's app (create_app) and answers one push request through Flask's test
+   client (a real first call: it reads the table and writes the row to bqemulator); against a
+   process importing functions_framework and google.cloud.bigquery and doing the same with the bare
+   function. Time from spawn to the answer, from the parent's clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.client
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from infra.local.stack import ROOT, STAGE, VENV_BIN, Stack, StackConfig, _port_open, running
+from tests.bench.bench_ingest import personas_identify
+
+BASE = 28_000
+BARE_PORT = BASE + 90
+BARE_DIR = Path(__file__).resolve().parent / "bare_function"
+THREADS = "80"  # production's gen2 concurrency (infra/terraform)
+BARE_TOPIC, BARE_SUBSCRIPTION = "bench-bare", "bench-bare-push"
+# Section 2 polls: the bare function's counter is one cheap GET; ours is a BigQuery query (a few REST
+# calls to bqemulator, which shares the CPUs with ours), so it is polled less often.
+OURS_POLL, BARE_POLL = 0.1, 0.01
+
+
+def config() -> StackConfig:
+    return replace(StackConfig.private(BASE, "bench"), function_env={"THREADS": THREADS})
+
+
+# --- messages ---------------------------------------------------------------------------------------------
+
+
+def call(call_id: str) -> bytes:
+    doc = personas_identify(0) | {"messageId": call_id, "userId": f"u-{call_id}"}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def push_body(call_id: str, pubsub_id: str) -> bytes:
+    """What Pub/Sub's push POSTs (tests/fixtures/push/emulator_identify.json), one call in `data`."""
+    published = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    message = {
+        "data": base64.b64encode(call(call_id)).decode(),
+        "messageId": pubsub_id,
+        "message_id": pubsub_id,
+        "publishTime": published,
+        "publish_time": published,
+    }
+    return json.dumps({"message": message, "subscription": "projects/personas-local/subscriptions/bench"}).encode()
+
+
+class Ids:
+    """Unique call ids for the whole run (a call id is the row's `id`)."""
+
+    def __init__(self) -> None:
+        self.tag = time.strftime("%H%M%S")
+        self.counter = itertools.count()
+
+    def take(self, n: int, kind: str) -> list[str]:
+        return [f"bench-{self.tag}-{kind}-{next(self.counter)}" for _ in range(n)]
+
+
+# --- the load generator -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Drive:
+    seconds: float
+    statuses: list[int]
+    call_ids: list[str]
+
+    @property
+    def rate(self) -> float:
+        return len(self.statuses) / self.seconds
+
+    @property
+    def acked(self) -> list[str]:
+        return [c for c, s in zip(self.call_ids, self.statuses, strict=True) if s == 204]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.statuses if s != 204)
+
+
+def drive(port: int, path: str, call_ids: list[str], concurrency: int) -> Drive:
+    """POST one push body per call id with `concurrency` threads, each on its own keep-alive connection;
+    wall time from all threads' start to the last answer. A connection error counts as status -1."""
+    bodies = [push_body(c, f"p-{c}") for c in call_ids]
+    statuses = [0] * len(bodies)
+    counter = itertools.count()
+    ready = threading.Barrier(concurrency + 1)
+    headers = {"Content-Type": "application/json"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        ready.wait()
+        while (i := next(counter)) < len(bodies):
+            try:
+                conn.request("POST", path, body=bodies[i], headers=headers)
+                response = conn.getresponse()
+                response.read()
+                statuses[i] = response.status
+            except (OSError, http.client.HTTPException):
+                statuses[i] = -1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return Drive(time.perf_counter() - start, statuses, call_ids)
+
+
+# --- the servers' counters --------------------------------------------------------------------------------
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def write_requests(c: StackConfig) -> int:
+    """insertAll POSTs plus AppendRows requests bqemulator has received (infra/local/bqemulator_server.py)."""
+    counts = get_json(f"{c.bigquery_url}/_personas/counters")
+    return int(counts["insertAll"]) + int(counts["appendRows"])
+
+
+def bare_acked() -> int:
+    return int(get_json(f"http://127.0.0.1:{BARE_PORT}/"))
+
+
+def start_bare(stack: Stack) -> None:
+    """The bare function under functions-framework as the stack runs ours; stopped with the stack."""
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(BARE_DIR), "THREADS": THREADS}
+    argv = [str(VENV_BIN / "functions-framework"), "--target", "bare", "--signature-type", "http"]
+    argv += ["--source", str(BARE_DIR / "main.py"), "--host", "127.0.0.1", "--port", str(BARE_PORT)]
+    if _port_open(BARE_PORT):
+        raise SystemExit(f"port {BARE_PORT} is already in use")
+    stack._spawn("bare", argv, env=env, cwd=BARE_DIR)
+    end = time.monotonic() + 60
+    while not _port_open(BARE_PORT):
+        if time.monotonic() > end:
+            raise TimeoutError(f"the bare function did not start; see {stack.state_dir}/logs/bare.log")
+        time.sleep(0.2)
+
+
+# --- BigQuery: what landed --------------------------------------------------------------------------------
+
+
+def reader(c: StackConfig) -> Any:
+    from infra.ops import common
+    from personas_warehouse.settings import Settings
+
+    os.environ["BIGQUERY_EMULATOR_HOST"] = c.bigquery_url
+    return common.make_warehouse(c.project, Settings().ops_dataset)
+
+
+def missing_calls(c: StackConfig, call_ids: list[str]) -> tuple[int, list[dict[str, Any]]]:
+    """Calls without a row, by infra.ops.reconcile's own lookup (rows by id, rejections by message)."""
+    from infra.ops.reconcile import Call, reconcile_ids
+
+    report = reconcile_ids(reader(c), [Call(f"p-{i}", 0, i, None) for i in call_ids])
+    shown = [m for s in report.spaces.values() for m in s.missing_ids]
+    return report.missing, shown
+
+
+def landed(c: StackConfig, call_ids: list[str]) -> int:
+    from infra.ops import common, queries
+
+    r = reader(c)
+    tables = common.raw_tables(r.space_tables(), queries.RAW_TABLES)
+    if not tables:
+        return 0
+    return len({row["id"] for row in r.run(queries.raw_id_counts(r.project, tables, call_ids))})
+
+
+# --- sections 1 and 3 -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    concurrency: int
+    ours: list[float] = field(default_factory=list)  # calls/s per run
+    bare: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # ours / bare, per run
+    writes_per_1000: list[float] = field(default_factory=list)
+    failed_ours: int = 0
+    failed_bare: int = 0
+
+
+@dataclass
+class HttpFigures:
+    messages: int  # per level, per run, per function
+    runs: int
+    levels: list[Level]
+    acked_checked: int = 0
+    missing: int = 0
+
+
+def measure_http(c: StackConfig, ids: Ids, messages: int, runs: int, levels: tuple[int, ...]) -> HttpFigures:
+    ours_path = c.push_endpoint.removeprefix(c.ingest_url)
+    found = [Level(n) for n in levels]
+    acked: list[str] = []
+    warm = drive(c.ingest_port, ours_path, ids.take(20, "warm"), 1)  # creates the dataset, table, columns
+    if warm.failed:
+        raise RuntimeError(f"ours failed {warm.failed} of 20 warm-up calls; see {c.state_dir}/logs/ingest.log")
+    drive(BARE_PORT, "/", ids.take(20, "warm"), 1)
+    for run in range(runs):
+        for level in found:
+            n = level.concurrency
+            rates = {}
+            for who in ("ours", "bare") if run % 2 == 0 else ("bare", "ours"):
+                if who == "ours":
+                    before = write_requests(c)
+                    result = drive(c.ingest_port, ours_path, ids.take(messages, f"c{n}"), n)
+                    level.writes_per_1000.append((write_requests(c) - before) * 1000 / messages)
+                    level.failed_ours += result.failed
+                    acked += result.acked
+                else:
+                    result = drive(BARE_PORT, "/", ids.take(messages, "bare"), n)
+                    level.failed_bare += result.failed
+                rates[who] = result.rate
+            level.ours.append(rates["ours"])
+            level.bare.append(rates["bare"])
+            level.ratios.append(rates["ours"] / rates["bare"])
+            print(
+                f"  run {run + 1}, {n:>2} in flight: ours {rates['ours']:7.1f} calls/s, bare {rates['bare']:7.1f}, "
+                f"{level.writes_per_1000[-1]:.0f} writes per 1,000",
+                file=sys.stderr,
+            )
+    figures = HttpFigures(messages, runs, found, acked_checked=len(acked))
+    figures.missing, shown = missing_calls(c, acked)
+    if figures.missing:
+        raise AssertionError(f"{figures.missing} of {len(acked)} acked calls are not in BigQuery, e.g. {shown}")
+    return figures
+
+
+# --- section 2 --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushFigures:
+    messages: int
+    ours_seconds: list[float] = field(default_factory=list)
+    bare_seconds: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+
+
+def bare_push_subscription(c: StackConfig) -> tuple[Any, str, str]:
+    from google.cloud import pubsub_v1
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = c.pubsub_host
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    bare_topic = publisher.topic_path(c.project, BARE_TOPIC)
+    publisher.create_topic(name=bare_topic)
+    subscriber.create_subscription(
+        request={
+            "name": subscriber.subscription_path(c.project, BARE_SUBSCRIPTION),
+            "topic": bare_topic,
+            "push_config": {"push_endpoint": f"http://127.0.0.1:{BARE_PORT}/"},
+            "ack_deadline_seconds": 60,
+        }
+    )
+    return publisher, publisher.topic_path(c.project, c.topic), bare_topic
+
+
+def wait_for(done: Any, what: str, poll: float, timeout: float = 300.0) -> None:
+    end = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} not done after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def all_landed(c: StackConfig, call_ids: list[str]) -> bool:
+    return landed(c, call_ids) >= len(call_ids)
+
+
+def bare_acked_since(before: int, messages: int) -> bool:
+    return bare_acked() - before >= messages
+
+
+def measure_push(c: StackConfig, ids: Ids, messages: int, runs: int) -> PushFigures:
+    publisher, ours_topic, bare_topic = bare_push_subscription(c)
+    figures = PushFigures(messages)
+    for run in range(runs):
+        seconds = {}
+        for who in ("ours", "bare") if run % 2 == 0 else ("bare", "ours"):
+            call_ids = ids.take(messages, f"push-{who}")
+            bare_before = bare_acked()
+            start = time.perf_counter()
+            futures = [publisher.publish(ours_topic if who == "ours" else bare_topic, call(i)) for i in call_ids]
+            for future in futures:
+                future.result(timeout=60)
+            if who == "ours":
+                wait_for(functools.partial(all_landed, c, call_ids), "ours through push", poll=OURS_POLL)
+            else:
+                wait_for(
+                    functools.partial(bare_acked_since, bare_before, messages), "bare through push", poll=BARE_POLL
+                )
+            seconds[who] = time.perf_counter() - start
+        figures.ours_seconds.append(seconds["ours"])
+        figures.bare_seconds.append(seconds["bare"])
+        figures.ratios.append(seconds["ours"] / seconds["bare"])
+        print(f"  push run {run + 1}: ours {seconds['ours']:.2f} s, bare {seconds['bare']:.2f} s", file=sys.stderr)
+    return figures
+
+
+# --- section 5 --------------------------------------------------------------------------------------------
+
+FIRST_CALL = """
+import json, sys, time
+if sys.argv[1] == "bare":
+    import functions_framework, google.cloud.bigquery  # the bare baseline: framework and client imported
+from functions_framework import create_app
+app = create_app(target=sys.argv[2], source=sys.argv[3], signature_type="http")
+imported = time.time()
+response = app.test_client().post("/", data=sys.stdin.buffer.read(), content_type="application/json")
+print(json.dumps({"imported": imported, "answered": time.time(), "status": response.status_code}))
+"""
+
+
+@dataclass
+class ColdFigures:
+    ours_import: list[float] = field(default_factory=list)
+    bare_import: list[float] = field(default_factory=list)
+    ours_first: list[float] = field(default_factory=list)
+    bare_first: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # first call, ours / bare, per run
+
+
+def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
+    """(seconds from spawn to the app built, to the first answer) of a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PUBSUB_EMULATOR_HOST")}
+    if who == "ours":  # what the stack gives the function (infra/local/stack.py)
+        env |= {**c.exports(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(STAGE), **c.function_env}
+        env.pop("PUBSUB_EMULATOR_HOST")
+        argv, cwd = [who, "ingest", str(STAGE / "main.py")], STAGE
+    else:
+        env |= {"PYTHONPATH": str(BARE_DIR), "THREADS": THREADS}
+        argv, cwd = [who, "bare", str(BARE_DIR / "main.py")], BARE_DIR
+    started = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL, *argv],
+        input=push_body(call_id, f"p-{call_id}"),
+        capture_output=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cold start of {who} failed: {done.stderr.decode()[-2000:]}")
+    answer = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    if answer["status"] != 204:
+        raise RuntimeError(
+            f"cold start of {who}: first call answered {answer['status']}: {done.stderr.decode()[-2000:]}"
+        )
+    return answer["imported"] - started, answer["answered"] - started
+
+
+def measure_cold(c: StackConfig, ids: Ids, runs: int) -> ColdFigures:
+    figures = ColdFigures()
+    for run in range(runs):
+        first = {}
+        for who in ("ours", "bare") if run % 2 == 0 else ("bare", "ours"):
+            imported, answered = cold_start(c, who, ids.take(1, f"cold-{who}")[0])
+            getattr(figures, f"{who}_import").append(imported)
+            getattr(figures, f"{who}_first").append(answered)
+            first[who] = answered
+        figures.ratios.append(first["ours"] / first["bare"])
+    return figures
+
+
+# --- all of it --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StackFigures:
+    http: HttpFigures
+    push: PushFigures
+    cold: ColdFigures
+
+
+def measure_stack(*, messages: int = 500, push_messages: int = 100, runs: int = 3) -> StackFigures:
+    c = config()
+    if not (STAGE / "main.py").exists():
+        raise SystemExit(f"{STAGE} is missing: run `make stage` first")
+    ids = Ids()
+    with running(c) as stack:
+        start_bare(stack)
+        print(f"under concurrency over HTTP ({messages} messages per level and run) ...", file=sys.stderr)
+        http = measure_http(c, ids, messages, runs, (1, 8, 32))
+        print(f"through the Pub/Sub emulator's push ({push_messages} messages per run) ...", file=sys.stderr)
+        push = measure_push(c, ids, push_messages, runs)
+        print("cold start ...", file=sys.stderr)
+        cold = measure_cold(c, ids, runs)
+    return StackFigures(http, push, cold)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+if __name__ == "__main__":
+    result = measure_stack(messages=100, push_messages=30)
+    print(json.dumps({"root": str(ROOT), **json.loads(json.dumps(result, default=lambda o: o.__dict__))}, indent=2))
