@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings
-from schemas.calls import CALL_SCHEMA, Call, loads_strict
+from schemas.calls import Call, load_call, loads_strict
 
 SPACE_ATTRIBUTE = "space"
 # Fields of a Segment batch envelope that apply to every call lacking them.
@@ -136,7 +136,7 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
             rejections.append(Rejection(ErrorClass.SCHEMA_VIOLATION, {"_schema": ["A call must be an object."]}, index))
             continue
         try:
-            call: Call = CALL_SCHEMA.load(_with_defaults(raw, defaults))
+            call = load_call(_with_defaults(raw, defaults))
         except ValidationError as exc:
             rejections.append(Rejection(ErrorClass.SCHEMA_VIOLATION, error_paths(exc.messages), index))
             continue
