@@ -12,7 +12,8 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 from personas_warehouse import naming, values
 from personas_warehouse.errors import DiscardReason
@@ -27,9 +28,9 @@ CONTEXT_PREFIX = "context_"
 MAX_DEPTH = 8  # deeper objects are stored as JSON text at this depth
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One dynamic value on its way to a column."""
+class Cell(NamedTuple):
+    """One dynamic value on its way to a column. A NamedTuple: as immutable as a frozen dataclass, at
+    half the cost to build (a call makes one per trait and context key)."""
 
     key: str  # the key path as sent, e.g. "traits.address.city"
     column: str
@@ -95,34 +96,67 @@ class Fitted:
 
 def flatten(obj: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
     """Leaf (path, value) pairs; nulls and empty objects give nothing, arrays stay whole."""
+    leaves: list[tuple[tuple[str, ...], Any]] = []
+    _collect_leaves(obj, path, leaves)
+    return leaves
+
+
+# Leaf types JSON gives: never a Mapping, so the (slow, abc) Mapping check is skipped for them.
+_JSON_LEAVES = frozenset({str, int, float, bool, list})
+
+
+def _collect_leaves(obj: Mapping[str, Any], path: tuple[str, ...], leaves: list[tuple[tuple[str, ...], Any]]) -> None:
+    """flatten's work, appending to one list: a recursive generator costs a frame per level per leaf."""
     for key, value in obj.items():
-        here = (*path, str(key))
         if value is None:
             continue
-        if isinstance(value, Mapping) and len(here) < MAX_DEPTH:
-            yield from flatten(value, here)
-        elif isinstance(value, Mapping):
-            if value:
-                yield here, dict(value)
+        here = (*path, str(key))
+        kind = type(value)
+        if kind is dict or (kind not in _JSON_LEAVES and isinstance(value, Mapping)):
+            if len(here) < MAX_DEPTH:
+                _collect_leaves(value, here, leaves)
+            elif value:
+                leaves.append((here, dict(value)))
         else:
-            yield here, value
+            leaves.append((here, value))
+
+
+# Names of key paths, per (source, taken, prefixes): Personas repeats the same keys in every call, so
+# each path is named once per instance. Bounded: a stream of distinct keys must not grow it forever.
+_NameCache = dict[tuple[str, ...], tuple[str, str]]
+_NAMES: dict[tuple[str, frozenset[str], tuple[str, ...]], _NameCache] = {}
+MAX_CACHED_NAMES = 65_536
+
+
+def _leaf_name(path: tuple[str, ...], source: str, taken: frozenset[str], prefixes: tuple[str, ...]) -> tuple[str, str]:
+    """(key as sent, column) of a leaf of `source`; columns skip the source but context keeps it as the
+    `context_` prefix."""
+    naming_path = (source, *path) if source == "context" else path
+    column = naming.column_name(naming_path, taken=taken, taken_prefixes=prefixes)
+    return ".".join((source, *path)), column
 
 
 def _cells(obj: Mapping[str, Any], source: str, *, taken: frozenset[str], prefixes: tuple[str, ...]) -> list[Cell]:
-    """`source` is the call's top-level key ("traits", "properties", "context"); columns skip it but
-    context keeps it as the `context_` prefix."""
-    keep_source = source == "context"
+    """`source` is the call's top-level key ("traits", "properties", "context")."""
+    names = _NAMES.setdefault((source, taken, prefixes), {})
+    column_type_of = values.column_type_of
     cells = []
     for path, raw in flatten(obj):
-        naming_path = (source, *path) if keep_source else path
-        column = naming.column_name(naming_path, taken=taken, taken_prefixes=prefixes)
-        cells.append(Cell(".".join((source, *path)), column, values.infer(raw)[0], raw))
+        name = names.get(path)
+        if name is None:
+            if len(names) >= MAX_CACHED_NAMES:
+                names.clear()
+            name = names[path] = _leaf_name(path, source, taken, prefixes)
+        key, column = name
+        cells.append(Cell(key, column, column_type_of(raw), raw))
     return cells
 
 
 def _resolve_collisions(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     """One cell per column. The winner is the key that already is the column name, else the smallest
     key path; the others are returned as collisions (recorded as discards)."""
+    if len({cell.column for cell in cells}) == len(cells):  # the usual case: no two keys share a column
+        return list(cells), []
     by_column: dict[str, list[Cell]] = {}
     for cell in cells:
         by_column.setdefault(cell.column, []).append(cell)
@@ -151,6 +185,12 @@ def _ts(moment: datetime | None) -> str | None:
     return values.format_timestamp(moment) if moment else None
 
 
+@cache
+def _base_columns(kind: str) -> frozenset[str]:
+    """One set per table kind (spec().column_names builds a new one each time, and names hash it)."""
+    return spec(kind).column_names
+
+
 def shape(routed: RoutedCall, *, received_at: datetime, insert_prefix: str) -> list[PendingRow]:
     call = routed.call
     base: dict[str, Any] = {
@@ -163,7 +203,7 @@ def shape(routed: RoutedCall, *, received_at: datetime, insert_prefix: str) -> l
         "timestamp": _ts(event_time(routed, received_at)),
     }
     kind = IDENTIFIES if call.type == "identify" else TRACKS
-    taken = spec(kind).column_names
+    taken = _base_columns(kind)
     context = _cells(call.context, "context", taken=taken, prefixes=())
     insert_id = f"{insert_prefix}:{routed.index}"
     if call.type == "identify":
@@ -188,11 +228,15 @@ def plan_columns(
 ) -> dict[str, str]:
     """Columns to add, name -> type (the first value seen decides), within the table's column budget."""
     new: dict[str, str] = {}
+    room = max_columns - len(schema)
+    filtered = _any_column_disabled(space)
     for row in rows:
         for cell in row.cells:
-            if cell.column in schema or cell.column in new or not space.column_enabled(row.table, cell.column):
+            if cell.column in schema or cell.column in new:
                 continue
-            if len(schema) + len(new) >= max_columns:
+            if filtered and not space.column_enabled(row.table, cell.column):
+                continue
+            if len(new) >= room:
                 return new
             new[cell.column] = cell.type
     return new
@@ -205,15 +249,21 @@ def _discard(row: PendingRow, cell: Cell, column_type: str | None, reason: Disca
     )
 
 
+def _any_column_disabled(space: SpaceConfig) -> bool:
+    """Most spaces disable no column: then no cell needs asking column_enabled."""
+    return any(space.disabled_columns.values())
+
+
 def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: SpaceConfig, loaded_at: str) -> Fitted:
     """Rows as BigQuery will take them; what does not fit becomes a discard. Disabled columns are skipped."""
     fitted = Fitted([], [], [])
+    filtered = _any_column_disabled(space)
     for row in rows:
         out = {k: v for k, v in row.base.items() if v is not None}
         out["loaded_at"] = loaded_at
         first = len(fitted.discards)
         for cell in row.cells:
-            if not space.column_enabled(row.table, cell.column):
+            if filtered and not space.column_enabled(row.table, cell.column):
                 continue
             column_type = schema.get(cell.column)
             if column_type is None:
@@ -229,7 +279,7 @@ def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: Space
             else:
                 out[cell.column] = value
         for cell in row.collisions:
-            if space.column_enabled(row.table, cell.column):
+            if not filtered or space.column_enabled(row.table, cell.column):
                 column_type = schema.get(cell.column)
                 ordinal = len(fitted.discards) - first
                 fitted.discards.append(_discard(row, cell, column_type, DiscardReason.NAME_COLLISION, ordinal))
