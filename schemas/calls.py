@@ -215,19 +215,21 @@ def common_call(raw: dict[str, Any]) -> Call | None:
     context = _context(raw.get("context"))
     if _UNUSUAL in (timestamp, sent_at, original_timestamp, traits, properties, context):
         return None
-    return Call(
-        kind,
-        message_id,
-        user_id,
-        anonymous_id,
-        event,
-        timestamp,
-        sent_at,
-        original_timestamp,
-        traits,
-        properties,
-        context,
+    call = object.__new__(Call)  # Call(...) sets its eleven frozen fields one object.__setattr__ at a time
+    call.__dict__.update(
+        type=kind,
+        message_id=message_id,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        event=event,
+        timestamp=timestamp,
+        sent_at=sent_at,
+        original_timestamp=original_timestamp,
+        traits=traits,
+        properties=properties,
+        context=context,
     )
+    return call
 
 
 def _identifier(value: Any) -> Any:

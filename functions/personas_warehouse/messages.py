@@ -111,9 +111,19 @@ def route(call: Call, attributes: Mapping[str, str], settings: Settings) -> str 
     return slug
 
 
+def _b64decode_strict(text: str) -> bytes:
+    """base64.b64decode(text, validate=True), errors and all, without its wrapper's checks (a third of
+    its cost on a call-sized message)."""
+    try:
+        ascii_text = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("string argument should contain only ASCII characters") from None
+    return binascii.a2b_base64(ascii_text, strict_mode=True)
+
+
 def decode(message: PubSubMessage, settings: Settings) -> Decoded:
     try:
-        data = base64.b64decode(message.data_b64, validate=True)
+        data = _b64decode_strict(message.data_b64)
     except (binascii.Error, ValueError) as exc:
         return Decoded([], [Rejection(ErrorClass.BAD_BASE64, {"data": [str(exc)]})])
     if len(data) > settings.max_message_bytes:

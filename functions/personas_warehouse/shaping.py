@@ -9,10 +9,11 @@ become discards, so nothing is lost.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from personas_warehouse import naming, values
@@ -95,67 +96,107 @@ class Fitted:
 
 
 def flatten(obj: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
-    """Leaf (path, value) pairs; nulls and empty objects give nothing, arrays stay whole."""
-    leaves: list[tuple[tuple[str, ...], Any]] = []
-    _collect_leaves(obj, path, leaves)
-    return leaves
+    """Leaf (path, value) pairs; nulls and empty objects give nothing, arrays stay whole. The definition
+    _SourceNames.cells walks by (tests/unit/test_core_shortcuts.py holds it to this)."""
+    for key, value in obj.items():
+        here = (*path, str(key))
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and len(here) < MAX_DEPTH:
+            yield from flatten(value, here)
+        elif isinstance(value, Mapping):
+            if value:
+                yield here, dict(value)
+        else:
+            yield here, value
 
+
+# Once per leaf of every call, where a lookup or a Python frame saved is a tenth of the cost: the type,
+# and Cell(key, column, type, raw) without the NamedTuple's Python-level __new__.
+_column_type_of = values.column_type_of
+_new_cell: Callable[[tuple[str, str, str, Any]], Cell] = partial(tuple.__new__, Cell)
 
 # Leaf types JSON gives: never a Mapping, so the (slow, abc) Mapping check is skipped for them.
 _JSON_LEAVES = frozenset({str, int, float, bool, list})
+MAX_CACHED_NAMES = 65_536  # per source and table kind; then the names start over
 
 
-def _collect_leaves(obj: Mapping[str, Any], path: tuple[str, ...], leaves: list[tuple[tuple[str, ...], Any]]) -> None:
-    """flatten's work, appending to one list: a recursive generator costs a frame per level per leaf."""
-    for key, value in obj.items():
-        if value is None:
-            continue
-        here = (*path, str(key))
-        kind = type(value)
-        if kind is dict or (kind not in _JSON_LEAVES and isinstance(value, Mapping)):
-            if len(here) < MAX_DEPTH:
-                _collect_leaves(value, here, leaves)
-            elif value:
-                leaves.append((here, dict(value)))
-        else:
-            leaves.append((here, value))
+@dataclass
+class _KeyNames:
+    """What the keys of one object are named: a leaf's (key path as sent, column), and the names below
+    each nested object. Walked along with the call's object, so no key path is built once its name is
+    known."""
+
+    leaves: dict[Any, tuple[str, str]] = field(default_factory=dict)
+    objects: dict[Any, _KeyNames] = field(default_factory=dict)
 
 
-# Names of key paths, per (source, taken, prefixes): Personas repeats the same keys in every call, so
-# each path is named once per instance. Bounded: a stream of distinct keys must not grow it forever.
-_NameCache = dict[tuple[str, ...], tuple[str, str]]
-_NAMES: dict[tuple[str, frozenset[str], tuple[str, ...]], _NameCache] = {}
-MAX_CACHED_NAMES = 65_536
+class _SourceNames:
+    """Cells of one source ("traits", "properties", "context") of one table kind. Personas repeats the
+    same keys in every call, so each key path is named once per instance; bounded, since a stream of
+    distinct keys must not grow it forever. Columns skip the source, context keeps it as `context_`."""
+
+    def __init__(self, source: str, taken: frozenset[str], prefixes: tuple[str, ...]) -> None:
+        self.source, self.taken, self.prefixes = source, taken, prefixes
+        self.root, self.size = _KeyNames(), 0
+
+    def cells(self, obj: Mapping[str, Any]) -> list[Cell]:
+        """flatten(obj) as cells, in its order."""
+        cells: list[Cell] = []
+        self._collect(obj, (), self.root, cells)
+        return cells
+
+    def _collect(self, obj: Mapping[str, Any], path: tuple[str, ...], names: _KeyNames, cells: list[Cell]) -> None:
+        for key, value in obj.items():
+            if value is None:
+                continue
+            kind = type(value)
+            if kind not in _JSON_LEAVES and (kind is dict or isinstance(value, Mapping)):
+                if len(path) + 1 < MAX_DEPTH:
+                    below = names.objects.get(key)
+                    if below is None:
+                        below = names.objects[key] = _KeyNames()
+                        self._count()
+                    self._collect(value, (*path, str(key)), below, cells)
+                    continue
+                if not value:
+                    continue
+                value = dict(value)  # deeper objects are kept whole, as JSON text
+            name = names.leaves.get(key)
+            if name is None:
+                name = names.leaves[key] = self._name((*path, str(key)))
+                self._count()
+            cells.append(_new_cell((name[0], name[1], _column_type_of(value), value)))
+
+    def _name(self, path: tuple[str, ...]) -> tuple[str, str]:
+        naming_path = (self.source, *path) if self.source == "context" else path
+        column = naming.column_name(naming_path, taken=self.taken, taken_prefixes=self.prefixes)
+        return ".".join((self.source, *path)), column
+
+    def _count(self) -> None:
+        self.size += 1
+        if self.size > MAX_CACHED_NAMES:  # the walk in progress finishes on the old names, unharmed
+            self.root, self.size = _KeyNames(), 0
 
 
-def _leaf_name(path: tuple[str, ...], source: str, taken: frozenset[str], prefixes: tuple[str, ...]) -> tuple[str, str]:
-    """(key as sent, column) of a leaf of `source`; columns skip the source but context keeps it as the
-    `context_` prefix."""
-    naming_path = (source, *path) if source == "context" else path
-    column = naming.column_name(naming_path, taken=taken, taken_prefixes=prefixes)
-    return ".".join((source, *path)), column
+_NAMES: dict[tuple[str, frozenset[str], tuple[str, ...]], _SourceNames] = {}
 
 
 def _cells(obj: Mapping[str, Any], source: str, *, taken: frozenset[str], prefixes: tuple[str, ...]) -> list[Cell]:
     """`source` is the call's top-level key ("traits", "properties", "context")."""
-    names = _NAMES.setdefault((source, taken, prefixes), {})
-    column_type_of = values.column_type_of
-    cells = []
-    for path, raw in flatten(obj):
-        name = names.get(path)
-        if name is None:
-            if len(names) >= MAX_CACHED_NAMES:
-                names.clear()
-            name = names[path] = _leaf_name(path, source, taken, prefixes)
-        key, column = name
-        cells.append(Cell(key, column, column_type_of(raw), raw))
-    return cells
+    names = _NAMES.get((source, taken, prefixes))
+    if names is None:
+        names = _NAMES[(source, taken, prefixes)] = _SourceNames(source, taken, prefixes)
+    return names.cells(obj)
+
+
+_column_of = itemgetter(1)  # Cell.column, for map(): no Python frame per cell
 
 
 def _resolve_collisions(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     """One cell per column. The winner is the key that already is the column name, else the smallest
     key path; the others are returned as collisions (recorded as discards)."""
-    if len({cell.column for cell in cells}) == len(cells):  # the usual case: no two keys share a column
+    if len(set(map(_column_of, cells))) == len(cells):  # the usual case: no two keys share a column
         return list(cells), []
     by_column: dict[str, list[Cell]] = {}
     for cell in cells:
@@ -251,13 +292,14 @@ def _discard(row: PendingRow, cell: Cell, column_type: str | None, reason: Disca
 
 def _any_column_disabled(space: SpaceConfig) -> bool:
     """Most spaces disable no column: then no cell needs asking column_enabled."""
-    return any(space.disabled_columns.values())
+    return bool(space.disabled_columns) and any(space.disabled_columns.values())
 
 
 def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: SpaceConfig, loaded_at: str) -> Fitted:
     """Rows as BigQuery will take them; what does not fit becomes a discard. Disabled columns are skipped."""
     fitted = Fitted([], [], [])
     filtered = _any_column_disabled(space)
+    convert, not_convertible = values.convert, values.NOT_CONVERTIBLE  # looked up once, not per cell
     for row in rows:
         out = {k: v for k, v in row.base.items() if v is not None}
         out["loaded_at"] = loaded_at
@@ -265,19 +307,20 @@ def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: Space
         for cell in row.cells:
             if filtered and not space.column_enabled(row.table, cell.column):
                 continue
-            column_type = schema.get(cell.column)
+            column = cell.column
+            column_type = schema.get(column)
             if column_type is None:
                 fitted.discards.append(
                     _discard(row, cell, None, DiscardReason.COLUMN_LIMIT, len(fitted.discards) - first)
                 )
                 continue
-            value = values.convert(cell.raw, column_type)
-            if value is values.NOT_CONVERTIBLE:
+            value = convert(cell.raw, column_type)
+            if value is not_convertible:
                 fitted.discards.append(
                     _discard(row, cell, column_type, DiscardReason.TYPE_CONFLICT, len(fitted.discards) - first)
                 )
             else:
-                out[cell.column] = value
+                out[column] = value
         for cell in row.collisions:
             if not filtered or space.column_enabled(row.table, cell.column):
                 column_type = schema.get(cell.column)

@@ -95,25 +95,29 @@ def infer(value: Any) -> tuple[str, Any]:
     return STRING, json_text(value)
 
 
-# (Python type, column type) where a value is written as sent: infer() would say that very column type
-# (a string that reads as a timestamp goes into a STRING column as sent, too).
-_AS_SENT = frozenset({(str, STRING), (bool, BOOL), (float, FLOAT64)})
-
-
 def column_type_of(value: Any) -> str:
     """infer(value)[0], without writing the value (a timestamp is not formatted to learn its type)."""
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         may_be_timestamp = len(value) >= _SHORTEST_TIMESTAMP and value[4] == "-"
         return TIMESTAMP if may_be_timestamp and parse_timestamp(value) else STRING
+    if kind is bool:
+        return BOOL
+    if kind is float:
+        return FLOAT64
     return infer(value)[0]
+
+
+# The column a value of these Python types is written to as sent: infer() would say that very column
+# type (and a string that reads as a timestamp goes into a STRING column as sent, too).
+_AS_SENT = {str: STRING, bool: BOOL, float: FLOAT64}
 
 
 def convert(value: Any, column_type: str) -> Any:
     """`value` in `column_type` if that is lossless, else NOT_CONVERTIBLE. The usual case, a value of
     its column's own type, is answered without inferring again."""
-    if (type(value), column_type) in _AS_SENT or (
-        type(value) is int and column_type == INT64 and INT64_MIN <= value <= INT64_MAX
-    ):
+    kind = type(value)
+    if _AS_SENT.get(kind) == column_type or (kind is int and column_type == INT64 and INT64_MIN <= value <= INT64_MAX):
         return value
     return convert_by_inference(value, column_type)
 

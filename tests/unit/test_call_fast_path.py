@@ -34,6 +34,7 @@ def by_schema(raw: dict[str, Any]) -> Call | dict[str, Any]:
 def assert_same_call(fast: Call, full: Call | dict[str, Any]) -> None:
     assert isinstance(full, Call), f"the fast path accepted a call the schema refuses: {full}"
     assert fast == full
+    assert vars(fast) == vars(full)  # every field set, and nothing else
     for name in TIMESTAMP_FIELDS:  # == compares instants: the offsets must match as well
         mine, theirs = getattr(fast, name), getattr(full, name)
         assert (mine is None) == (theirs is None)
