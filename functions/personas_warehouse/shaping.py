@@ -125,7 +125,7 @@ MAX_CACHED_NAMES = 65_536  # per source and table kind; then the names start ove
 class _KeyNames:
     """What the keys of one object are named: a leaf's (key path as sent, column), and the names below
     each nested object. Walked along with the call's object, so no key path is built once its name is
-    known."""
+    known. Keys are strings: calls come from JSON (and CALL_SCHEMA's Dict fields check it)."""
 
     leaves: dict[Any, tuple[str, str]] = field(default_factory=dict)
     objects: dict[Any, _KeyNames] = field(default_factory=dict)
