@@ -213,7 +213,14 @@ def common_call(raw: dict[str, Any]) -> Call | None:
     traits = _mapping(raw.get("traits"))
     properties = _mapping(raw.get("properties"))
     context = _context(raw.get("context"))
-    if _UNUSUAL in (timestamp, sent_at, original_timestamp, traits, properties, context):
+    if (
+        timestamp is _UNUSUAL
+        or sent_at is _UNUSUAL
+        or original_timestamp is _UNUSUAL
+        or traits is _UNUSUAL
+        or properties is _UNUSUAL
+        or context is _UNUSUAL
+    ):
         return None
     call = object.__new__(Call)  # Call(...) sets its eleven frozen fields one object.__setattr__ at a time
     call.__dict__.update(
@@ -289,8 +296,7 @@ def _context(value: Any) -> Any:
         return value
     if type(personas) is not dict:
         return _UNUSUAL
-    for name in _PERSONAS_FIELDS:
-        field_value = personas.get(name)
+    for field_value in map(personas.get, _PERSONAS_FIELDS):
         if field_value is not None and type(field_value) is not str:
             return _UNUSUAL
     return value

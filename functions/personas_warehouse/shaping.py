@@ -273,13 +273,14 @@ def plan_columns(
     filtered = _any_column_disabled(space)
     for row in rows:
         for cell in row.cells:
-            if cell.column in schema or cell.column in new:
+            column = cell.column
+            if column in schema or column in new:
                 continue
-            if filtered and not space.column_enabled(row.table, cell.column):
+            if filtered and not space.column_enabled(row.table, column):
                 continue
             if len(new) >= room:
                 return new
-            new[cell.column] = cell.type
+            new[column] = cell.type
     return new
 
 
