@@ -300,7 +300,8 @@ def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: Space
     """Rows as BigQuery will take them; what does not fit becomes a discard. Disabled columns are skipped."""
     fitted = Fitted([], [], [])
     filtered = _any_column_disabled(space)
-    convert, not_convertible = values.convert, values.NOT_CONVERTIBLE  # looked up once, not per cell
+    # Looked up once, not per cell; most values are strings, booleans and floats that go in as sent.
+    convert, not_convertible, as_sent = values.convert, values.NOT_CONVERTIBLE, values.AS_SENT
     for row in rows:
         out = {k: v for k, v in row.base.items() if v is not None}
         out["loaded_at"] = loaded_at
@@ -315,7 +316,8 @@ def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: Space
                     _discard(row, cell, None, DiscardReason.COLUMN_LIMIT, len(fitted.discards) - first)
                 )
                 continue
-            value = convert(cell.raw, column_type)
+            raw = cell.raw
+            value = raw if as_sent.get(type(raw)) == column_type else convert(raw, column_type)
             if value is not_convertible:
                 fitted.discards.append(
                     _discard(row, cell, column_type, DiscardReason.TYPE_CONFLICT, len(fitted.discards) - first)

@@ -110,14 +110,14 @@ def column_type_of(value: Any) -> str:
 
 # The column a value of these Python types is written to as sent: infer() would say that very column
 # type (and a string that reads as a timestamp goes into a STRING column as sent, too).
-_AS_SENT = {str: STRING, bool: BOOL, float: FLOAT64}
+AS_SENT: Final = {str: STRING, bool: BOOL, float: FLOAT64}
 
 
 def convert(value: Any, column_type: str) -> Any:
     """`value` in `column_type` if that is lossless, else NOT_CONVERTIBLE. The usual case, a value of
     its column's own type, is answered without inferring again."""
     kind = type(value)
-    if _AS_SENT.get(kind) == column_type or (kind is int and column_type == INT64 and INT64_MIN <= value <= INT64_MAX):
+    if AS_SENT.get(kind) == column_type or (kind is int and column_type == INT64 and INT64_MIN <= value <= INT64_MAX):
         return value
     return convert_by_inference(value, column_type)
 

@@ -16,6 +16,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from personas_warehouse import messages, naming, shaping, values
+from personas_warehouse.errors import DiscardReason
+from personas_warehouse.settings import SpaceConfig
 from personas_warehouse.shaping import Cell
 from schemas.calls import loads_strict
 from tests.unit._support import THOROUGH, json_documents, json_leaves, odd_keys
@@ -212,3 +214,25 @@ def test_strict_base64_is_b64decode_validate(text: str) -> None:
     except (binascii.Error, ValueError) as exc:
         actual = (type(exc), str(exc))
     assert actual == expected
+
+
+# --- fit_rows writes what convert's definition says -------------------------------------------------------
+
+
+@THOROUGH
+@given(st.lists(st.tuples(leaves, st.sampled_from(COLUMN_TYPES)), max_size=6))
+def test_fit_writes_what_conversion_by_inference_gives(pairs: list[tuple[Any, str]]) -> None:
+    """fit_rows skips convert() for values that go in as sent: the row must not show it."""
+    cells = [Cell(f"traits.k{i}", f"k{i}", values.column_type_of(raw), raw) for i, (raw, _) in enumerate(pairs)]
+    schema = {f"k{i}": column_type for i, (_, column_type) in enumerate(pairs)}
+    base = {"id": "m-1", "received_at": "2026-11-01T00:00:00.000000Z"}
+    row = shaping.PendingRow(shaping.IDENTIFIES, shaping.IDENTIFIES, "default", 0, "p:0", base, cells, [])
+    fitted = shaping.fit_rows([row], schema, SpaceConfig(), "2026-11-01T00:00:01.000000Z")
+    [out] = fitted.rows
+    conflicts = {d.key for d in fitted.discards if d.reason is DiscardReason.TYPE_CONFLICT}
+    for i, (raw, column_type) in enumerate(pairs):
+        expected = values.convert_by_inference(raw, column_type)
+        if expected is values.NOT_CONVERTIBLE:
+            assert f"k{i}" not in out and f"traits.k{i}" in conflicts
+        else:
+            assert same(out[f"k{i}"], expected) and f"traits.k{i}" not in conflicts
