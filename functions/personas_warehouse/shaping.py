@@ -119,6 +119,7 @@ _new_cell: Callable[[tuple[str, str, str, Any]], Cell] = partial(tuple.__new__, 
 # Leaf types JSON gives: never a Mapping, so the (slow, abc) Mapping check is skipped for them.
 _JSON_LEAVES = frozenset({str, int, float, bool, list})
 MAX_CACHED_NAMES = 65_536  # per source and table kind; then the names start over
+MAX_REMEMBERED_STRING = 256  # longer strings are not kept as a key's last value (memory stays bounded)
 
 
 @dataclass
@@ -129,6 +130,9 @@ class _KeyNames:
 
     leaves: dict[Any, tuple[str, str]] = field(default_factory=dict)
     objects: dict[Any, _KeyNames] = field(default_factory=dict)
+    # The last (short) string cell of each key. Personas sends the same strings under most context
+    # keys (computation_class, namespace, space_id, library): an equal string makes an equal cell.
+    last_strings: dict[Any, Cell] = field(default_factory=dict)
 
 
 class _SourceNames:
@@ -162,11 +166,19 @@ class _SourceNames:
                 if not value:
                     continue
                 value = dict(value)  # deeper objects are kept whole, as JSON text
+            if kind is str:
+                last = names.last_strings.get(key)
+                if last is not None and last.raw == value:
+                    cells.append(last)
+                    continue
             name = names.leaves.get(key)
             if name is None:
                 name = names.leaves[key] = self._name((*path, str(key)))
                 self._count()
-            cells.append(_new_cell((name[0], name[1], _column_type_of(value), value)))
+            cell = _new_cell((name[0], name[1], _column_type_of(value), value))
+            if kind is str and len(value) <= MAX_REMEMBERED_STRING:
+                names.last_strings[key] = cell
+            cells.append(cell)
 
     def _name(self, path: tuple[str, ...]) -> tuple[str, str]:
         naming_path = (self.source, *path) if self.source == "context" else path

@@ -236,3 +236,17 @@ def test_fit_writes_what_conversion_by_inference_gives(pairs: list[tuple[Any, st
             assert f"k{i}" not in out and f"traits.k{i}" in conflicts
         else:
             assert same(out[f"k{i}"], expected) and f"traits.k{i}" not in conflicts
+
+
+def test_a_key_remembers_only_its_last_short_string() -> None:
+    """An equal string reuses the key's last cell; other values, and long strings, never do."""
+    taken = shaping._base_columns(shaping.IDENTIFIES)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shaping, "_NAMES", {})
+        for traits in ({"k": "a"}, {"k": "a"}, {"k": "b"}, {"k": 1}, {"k": "b"}, {"k": "x" * 300}, {"k": "b"}):
+            [cell] = shaping._cells(traits, "traits", taken=taken, prefixes=(shaping.CONTEXT_PREFIX,))
+            assert cell == Cell("traits.k", "k", values.column_type_of(traits["k"]), traits["k"])
+        [names] = shaping._NAMES.values()
+        assert {key: cell.raw for key, cell in names.root.last_strings.items()} == {"k": "b"}
+        shaping._cells({"k": "y" * 300}, "traits", taken=taken, prefixes=(shaping.CONTEXT_PREFIX,))
+        assert names.root.last_strings["k"].raw == "b"  # a long string is not kept
