@@ -269,6 +269,8 @@ def _aware(value: Any) -> Any:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return _UNUSUAL
+    if moment.tzinfo is UTC:  # the usual "Z": aware, and no shift that could leave years 1-9999
+        return moment
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.replace(tzinfo=UTC)
     try:
