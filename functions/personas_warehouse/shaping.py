@@ -194,12 +194,30 @@ class _SourceNames:
 _NAMES: dict[tuple[str, frozenset[str], tuple[str, ...]], _SourceNames] = {}
 
 
-def _cells(obj: Mapping[str, Any], source: str, *, taken: frozenset[str], prefixes: tuple[str, ...]) -> list[Cell]:
-    """`source` is the call's top-level key ("traits", "properties", "context")."""
+def _source_names(source: str, taken: frozenset[str], prefixes: tuple[str, ...]) -> _SourceNames:
     names = _NAMES.get((source, taken, prefixes))
     if names is None:
         names = _NAMES[(source, taken, prefixes)] = _SourceNames(source, taken, prefixes)
-    return names.cells(obj)
+    return names
+
+
+def _cells(obj: Mapping[str, Any], source: str, *, taken: frozenset[str], prefixes: tuple[str, ...]) -> list[Cell]:
+    """`source` is the call's top-level key ("traits", "properties", "context")."""
+    return _source_names(source, taken, prefixes).cells(obj)
+
+
+class _KindNames(NamedTuple):
+    context: _SourceNames
+    traits: _SourceNames
+    properties: _SourceNames
+
+
+@cache
+def _kind_names(kind: str) -> _KindNames:
+    """The names of a table kind's sources, found once per kind rather than once per source per call."""
+    taken = _base_columns(kind)
+    context = _source_names("context", taken, ())
+    return _KindNames(context, *(_source_names(s, taken, (CONTEXT_PREFIX,)) for s in ("traits", "properties")))
 
 
 _column_of = itemgetter(1)  # Cell.column, for map(): no Python frame per cell
@@ -255,19 +273,17 @@ def shape(routed: RoutedCall, *, received_at: datetime, insert_prefix: str) -> l
         "original_timestamp": _ts(call.original_timestamp),
         "timestamp": _ts(event_time(routed, received_at)),
     }
-    kind = IDENTIFIES if call.type == "identify" else TRACKS
-    taken = _base_columns(kind)
-    context = _cells(call.context, "context", taken=taken, prefixes=())
+    names = _kind_names(IDENTIFIES if call.type == "identify" else TRACKS)
+    context = names.context.cells(call.context)
     insert_id = f"{insert_prefix}:{routed.index}"
     if call.type == "identify":
-        dynamic = context + _cells(call.traits, "traits", taken=taken, prefixes=(CONTEXT_PREFIX,))
+        dynamic = context + names.traits.cells(call.traits)
         kept, lost = _resolve_collisions(dynamic)
         return [PendingRow(IDENTIFIES, IDENTIFIES, routed.space, routed.index, insert_id, base, kept, lost)]
     event = str(call.event)
     table = naming.event_table_name(event, taken=FIXED_TABLES)
     base = {**base, "event": table, "event_text": event}
-    properties = _cells(call.properties, "properties", taken=taken, prefixes=(CONTEXT_PREFIX,))
-    properties += _cells(call.traits, "traits", taken=taken, prefixes=(CONTEXT_PREFIX,))
+    properties = names.properties.cells(call.properties) + names.traits.cells(call.traits)
     kept_context, _ = _resolve_collisions(context)
     kept, lost = _resolve_collisions(context + properties)
     return [
