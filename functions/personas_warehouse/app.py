@@ -81,6 +81,7 @@ def handle_push(
         status=204,
         latency_ms=round((time.monotonic() - started) * 1000),
         rows=sum(outcome.rows.values()),
+        tables=sorted(table for table, count in outcome.rows.items() if count) or None,
         discards=outcome.discards,
         rejections=len(outcome.rejections),
         error_classes=classes or None,

@@ -93,22 +93,26 @@ def _log_outcome(
     discards: list[Discard],
     rejections: list[Rejection],
 ) -> None:
-    """One line per call: written (with its tables and discard count) or rejected (with the reasons)."""
+    """A WARNING line per call that lost values (its discards) and per rejection (with the reasons).
+    A call written whole gets no line of its own: the request's line (app) counts it, since a line per
+    call is what Cloud Logging bills at volume."""
+    lost: dict[tuple[str, str], int] = {}
+    for item in discards:
+        lost[(item.space, item.row_id)] = lost.get((item.space, item.row_id), 0) + 1
     refused = {r.call_index for r in rejections}
     for routed in calls:
-        if routed.index in refused:
+        count = lost.get((routed.space, routed.call.message_id), 0)
+        if not count or routed.index in refused:
             continue
-        tables = [row.table for row in pending if row.call_index == routed.index]
-        lost = sum(1 for d in discards if d.space == routed.space and d.row_id == routed.call.message_id)
         log(
-            "WARNING" if lost else "INFO",
-            "call written" if tables else "call skipped (tables disabled)",
+            "WARNING",
+            "call written with discards",
             pubsub_message_id=message.message_id,
             call_index=routed.index,
             space=routed.space,
-            table=",".join(tables),
-            outcome="written" if tables else "skipped",
-            discards=lost,
+            table=",".join(row.table for row in pending if row.call_index == routed.index),
+            outcome="written",
+            discards=count,
         )
     for rejection in rejections:
         log(

@@ -1,8 +1,10 @@
 """Structured log lines Cloud Logging understands: one JSON object per line on stderr (stdout stays free
 for command output), with `severity` and `message`; the other keys become jsonPayload fields. No
 payload contents at INFO. Ingest writes one line per push request (app: message id, delivery_attempt,
-subscription, status, counts) and one per call (ingest: table or rejection); a `stack_trace` field is
-what Error Reporting groups errors by."""
+subscription, status, outcome, tables written, counts), which is all a request whose calls were written
+whole gets; each rejected call and each call that lost values to discards gets its own WARNING line
+(ingest: reasons, or table and discard count). A `stack_trace` field is what Error Reporting groups
+errors by."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings
-from schemas.calls import CALL_SCHEMA, Call, loads_strict
+from schemas.calls import Call, load_call, loads_strict
 
 SPACE_ATTRIBUTE = "space"
 # Fields of a Segment batch envelope that apply to every call lacking them.
@@ -111,9 +111,19 @@ def route(call: Call, attributes: Mapping[str, str], settings: Settings) -> str 
     return slug
 
 
+def _b64decode_strict(text: str) -> bytes:
+    """base64.b64decode(text, validate=True), errors and all, without its wrapper's checks (a third of
+    its cost on a call-sized message)."""
+    try:
+        ascii_text = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("string argument should contain only ASCII characters") from None
+    return binascii.a2b_base64(ascii_text, strict_mode=True)
+
+
 def decode(message: PubSubMessage, settings: Settings) -> Decoded:
     try:
-        data = base64.b64decode(message.data_b64, validate=True)
+        data = _b64decode_strict(message.data_b64)
     except (binascii.Error, ValueError) as exc:
         return Decoded([], [Rejection(ErrorClass.BAD_BASE64, {"data": [str(exc)]})])
     if len(data) > settings.max_message_bytes:
@@ -136,7 +146,7 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
             rejections.append(Rejection(ErrorClass.SCHEMA_VIOLATION, {"_schema": ["A call must be an object."]}, index))
             continue
         try:
-            call: Call = CALL_SCHEMA.load(_with_defaults(raw, defaults))
+            call = load_call(_with_defaults(raw, defaults))
         except ValidationError as exc:
             rejections.append(Rejection(ErrorClass.SCHEMA_VIOLATION, error_paths(exc.messages), index))
             continue

@@ -106,6 +106,7 @@ def asof_column(column: str) -> str:
     return ASOF_PREFIX + hashlib.sha256(column.encode("utf-8")).hexdigest()[:16]
 
 
+@lru_cache(maxsize=1024)  # asked once per call, of the few slugs a deployment has
 def is_space_slug(slug: str) -> bool:
     return bool(SPACE_SLUG.match(slug))
 
