@@ -27,7 +27,12 @@ def insert_all_requests(stack: Stack) -> int:
 
 def push_body(call: dict[str, object], message_id: str, space: str) -> bytes:
     data = base64.b64encode(json.dumps(call).encode()).decode()
-    message = {"data": data, "messageId": message_id, "publishTime": "2026-11-29T02:00:00Z", "attributes": {"space": space}}
+    message = {
+        "data": data,
+        "messageId": message_id,
+        "publishTime": "2026-11-29T02:00:00Z",
+        "attributes": {"space": space},
+    }
     return json.dumps({"message": message, "subscription": "projects/personas-local/subscriptions/test"}).encode()
 
 
