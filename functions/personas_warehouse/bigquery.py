@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from google.api_core import exceptions as gexc
@@ -22,6 +22,9 @@ from personas_warehouse import naming, sql, values
 from personas_warehouse.errors import TransientError
 from personas_warehouse.settings import Settings
 from schemas.tables import TableSpec
+
+if TYPE_CHECKING:  # imported only when BIGQUERY_WRITER=storage_write (app.py): no cold-start cost otherwise
+    from personas_warehouse.storage_write import StorageWriter
 
 # BigQuery answers legacy type names; the core speaks standard SQL names.
 _STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
@@ -149,8 +152,15 @@ def _requests(indices: Sequence[int], sizes: Sequence[int]) -> Iterator[list[int
 class Warehouse:
     """Every BigQuery call of ingest and sync."""
 
-    def __init__(self, client: bigquery.Client, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: bigquery.Client,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        storage_writer: StorageWriter | None = None,
+    ) -> None:
         self.client = client
+        self.storage_writer = storage_writer  # BIGQUERY_WRITER=storage_write: rows go to the Write API
         self.project = client.project
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._specs: dict[tuple[str, str], TableSpec] = {}  # to re-create a table BigQuery lost
@@ -231,6 +241,8 @@ class Warehouse:
         backoff until the deadline, then raises TransientError (Pub/Sub redelivers): rows stopped by a
         refused neighbour, a column BigQuery does not see yet, and a table BigQuery does not find (404 right
         after its creation, or dropped by an operator: it is re-ensured, with the columns the rows need)."""
+        if self.storage_writer is not None:  # same contract, over the Storage Write API
+            return self.storage_writer.write(dataset, table, rows, insert_ids, deadline)
         expected = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
         wire = [values.wire_row(row) for row in rows]
         sizes = [_entry_bytes(row, insert_id) for row, insert_id in zip(wire, insert_ids, strict=True)]
