@@ -175,6 +175,18 @@ def test_row_errors_come_back_for_exactly_their_rows(
     assert clock.now == 0  # the others were resent at once, not after a backoff
 
 
+def test_row_errors_of_a_later_request_map_to_the_callers_indices(
+    write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock
+) -> None:
+    """BigQuery's index is the row's place in its request: the writer maps it back to the caller's."""
+    ensure(warehouse, clock, note="STRING")
+    rows = [{"id": f"r{i}", "note": "é" * 700_000} for i in range(14)]  # six rows per request
+    write.refuse = lambda row: "bad" if row["id"] in ("r8", "r13") else None
+    refused = warehouse.insert(DATASET, "identifies", rows, [r["id"] for r in rows], Deadline(30, clock=clock))
+    assert [r.index for r in refused] == [8, 13]
+    assert sorted(int(r["id"][1:]) for r in write.rows[IDENTIFIES]) == [i for i in range(14) if i not in (8, 13)]
+
+
 def test_a_refused_row_is_recorded_as_row_refused_by_ingest(write: FakeWriteClient, warehouse: Warehouse) -> None:
     write.refuse = lambda row: "Field name: too long" if row.get("name") == "bad" else None
     batch = {"batch": [identify("ok", name="good"), identify("no", name="bad")]}
