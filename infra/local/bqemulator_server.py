@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bqemulator.api.routes.jobs as job_routes
-import bqemulator.grpc_api.write_servicer as write_servicer
 import bqemulator.api.routes.tables as table_routes
+import bqemulator.grpc_api.write_servicer as write_servicer
 from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
 from bqemulator.catalog.memory_repository import MemoryCatalogRepository
 from bqemulator.cli import main
