@@ -338,3 +338,18 @@ def test_insert_all_stays_the_default_path(bq: StrictFakeBigQuery, clock: FakeCl
     assert plain.insert(DATASET, "identifies", [{"id": "a"}], ["a"], Deadline(30, clock=clock)) == []
     assert bq.insert_calls == 1 and bq.rows[IDENTIFIES] == [{"id": "a"}]
     assert isinstance(bq.tables[IDENTIFIES], bigquery.Table)
+
+
+def test_the_function_builds_the_writer_its_settings_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import personas_warehouse.app as app
+
+    local = {"bigquery_emulator_host": "http://127.0.0.1:1", "bigquery_emulator_grpc_host": "127.0.0.1:1"}
+    for writer, wanted in (("insert_all", type(None)), ("storage_write", StorageWriter)):
+        monkeypatch.setattr(app, "SETTINGS", Settings(project="p", bigquery_writer=writer, **local))
+        app.warehouse.cache_clear()
+        try:
+            built = app.warehouse()
+            assert isinstance(built.storage_writer, wanted)
+            assert built.storage_writer is None or built.storage_writer.tables is built
+        finally:
+            app.warehouse.cache_clear()
