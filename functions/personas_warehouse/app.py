@@ -19,7 +19,7 @@ from personas_warehouse.errors import TransientError
 from personas_warehouse.ingest import Outcome, ingest, record_rejections
 from personas_warehouse.logs import log
 from personas_warehouse.messages import PushDelivery, parse_push
-from personas_warehouse.settings import Settings, load_settings
+from personas_warehouse.settings import STORAGE_WRITE, Settings, load_settings
 from personas_warehouse.sync import run_sync
 
 # (body, status, headers): what functions-framework's Flask accepts from an HTTP function.
@@ -30,7 +30,13 @@ SETTINGS: Settings = load_settings()
 
 @cache
 def warehouse() -> Warehouse:
-    return Warehouse(make_client(SETTINGS), write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000)
+    found = Warehouse(make_client(SETTINGS), write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000)
+    if SETTINGS.bigquery_writer == STORAGE_WRITE:
+        # Imported here: the Write API client (gRPC, protobuf) costs cold-start time only where it is used.
+        from personas_warehouse.storage_write import StorageWriter, make_write_client
+
+        found.storage_writer = StorageWriter(make_write_client(SETTINGS), found.project, found)
+    return found
 
 
 def handle_push_request(request: Any) -> Response:

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
 from google.api_core import exceptions as gexc
@@ -22,6 +22,9 @@ from personas_warehouse import group_commit, naming, sql, values
 from personas_warehouse.errors import TransientError
 from personas_warehouse.settings import Settings
 from schemas.tables import TableSpec
+
+if TYPE_CHECKING:  # imported only when BIGQUERY_WRITER=storage_write (app.py): no cold-start cost otherwise
+    from personas_warehouse.storage_write import StorageWriter
 
 # BigQuery answers legacy type names; the core speaks standard SQL names.
 _STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
@@ -116,13 +119,15 @@ class _Entry:
     """One row on its way: as sent, its insert id, the schema it was fitted to, its bytes in a request."""
 
     row: dict[str, Any]
+    wire: dict[str, Any]
     insert_id: str
     expected: Schema
     size: int
 
 
 def _entry(row: dict[str, Any], insert_id: str, expected: Schema) -> _Entry:
-    return _Entry(row, insert_id, expected, _entry_bytes(row, insert_id))
+    wire = values.wire_row(row)
+    return _Entry(row, wire, insert_id, expected, _entry_bytes(wire, insert_id))
 
 
 def _schema_of(table: bigquery.Table) -> Schema:
@@ -172,8 +177,10 @@ class Warehouse:
         *,
         sleep: Callable[[float], None] = time.sleep,
         write_group_max_wait: float = 0.05,
+        storage_writer: StorageWriter | None = None,
     ) -> None:
         self.client = client
+        self.storage_writer = storage_writer  # BIGQUERY_WRITER=storage_write: rows go to the Write API
         # One per instance: the request threads' rows for one table meet here and share writes.
         self._groups: group_commit.GroupCommit[_Entry, Problems] = group_commit.GroupCommit(
             self._write_group,
@@ -258,12 +265,11 @@ class Warehouse:
     ) -> list[RowRefusal]:
         """Stream rows with insert ids; returns the rows refused for themselves (BigQuery's verdict, or alone
         over the request budget) once every other row is written. The rows travel in a write shared with
-        the other requests in flight in this instance (group_commit.py); a failed write raises here, in
-        every request it carried (TransientError: Pub/Sub redelivers)."""
+        the other requests in flight in this instance (group_commit.py), by insertAll or, when configured,
+        the Storage Write API (same contract); a failed write raises here, in every request it carried
+        (TransientError: Pub/Sub redelivers)."""
         expected = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
-        entries = [
-            _entry(values.wire_row(row), insert_id, expected) for row, insert_id in zip(rows, insert_ids, strict=True)
-        ]
+        entries = [_entry(row, insert_id, expected) for row, insert_id in zip(rows, insert_ids, strict=True)]
         budget = INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES
         refused = [RowRefusal(i, [_too_big(e.size)]) for i, e in enumerate(entries) if e.size > budget]
         fitting = [i for i, e in enumerate(entries) if e.size <= budget]
@@ -275,13 +281,19 @@ class Warehouse:
     def _write_group(
         self, key: Hashable, entries: list[_Entry], deadline: group_commit.Deadline
     ) -> dict[int, Problems]:
-        """One group's rows (of one or many requests) in requests within insertAll's limits, each until
-        its rows are written or refused for themselves: {index in entries: BigQuery's errors}."""
+        """One group's rows (of one or many requests): {index in entries: BigQuery's errors} for the rows
+        refused for themselves, once every other row is written. By the Storage Write API when configured,
+        else by insertAll in requests within its limits, each until its rows are written or refused."""
         dataset, table = cast(tuple[str, str], key)
+        if self.storage_writer is not None:
+            written = self.storage_writer.write(
+                dataset, table, [e.row for e in entries], [e.insert_id for e in entries], cast(Deadline, deadline)
+            )
+            return {refusal.index: refusal.errors for refusal in written}
         expected: Schema = {}
         for schema in {id(e.expected): e.expected for e in entries}.values():
             expected.update(schema)
-        wire = [e.row for e in entries]
+        wire = [e.wire for e in entries]
         ids = [e.insert_id for e in entries]
         refused: dict[int, Problems] = {}
         for request in _requests(range(len(entries)), [e.size for e in entries]):
@@ -298,7 +310,7 @@ class Warehouse:
         expected: Schema,
         deadline: Deadline,
     ) -> dict[int, Problems]:
-        """One request's rows until each is written or refused for itself: {index: BigQuery's errors}."""
+        """insertAll: one request's rows until each is written or refused for itself: {index: BigQuery's errors}."""
         ref = self.table_ref(dataset, table)
         pending, refused, delay = request, {}, _FIRST_DELAY
         checked = False  # whether a refusal made us compare the table with the schema the rows were fitted to

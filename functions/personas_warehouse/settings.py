@@ -25,6 +25,9 @@ BIGQUERY_MAX_COLUMNS = 10_000  # columns per table BigQuery allows
 # users_state keeps two columns per trait (the value and its as-of key), so a space's traits must fit
 # twice in one table: the budget of identifies is at most about half of BigQuery's limit.
 MAX_COLUMN_BUDGET = 5_000
+# BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
+INSERT_ALL, STORAGE_WRITE = "insert_all", "storage_write"
+WRITERS = (INSERT_ALL, STORAGE_WRITE)
 
 
 class ConfigError(Exception):
@@ -51,6 +54,8 @@ class Settings:
     project: str | None = None
     location: str = "US"
     bigquery_emulator_host: str | None = None
+    bigquery_emulator_grpc_host: str | None = None
+    bigquery_writer: str = INSERT_ALL
     default_space: str = "default"
     ops_dataset: str = "personas__ops"
     max_message_bytes: int = 1_000_000
@@ -76,6 +81,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "BIGQUERY_PROJECT": ("project", str),
     "BIGQUERY_LOCATION": ("location", str),
     "BIGQUERY_EMULATOR_HOST": ("bigquery_emulator_host", str),
+    "BIGQUERY_EMULATOR_GRPC_HOST": ("bigquery_emulator_grpc_host", str),
+    "BIGQUERY_WRITER": ("bigquery_writer", str),
     "DEFAULT_SPACE": ("default_space", str),
     "OPS_DATASET": ("ops_dataset", str),
     "MAX_MESSAGE_BYTES": ("max_message_bytes", int),
@@ -130,6 +137,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def _check(settings: Settings) -> None:
     if not naming.is_space_slug(settings.default_space):
         raise ConfigError(f"DEFAULT_SPACE={settings.default_space!r} is not a safe space slug")
+    if settings.bigquery_writer not in WRITERS:
+        raise ConfigError(f"BIGQUERY_WRITER={settings.bigquery_writer!r} must be one of {', '.join(WRITERS)}")
+    if (
+        settings.bigquery_writer == STORAGE_WRITE
+        and settings.bigquery_emulator_host
+        and not settings.bigquery_emulator_grpc_host
+    ):
+        # Without it the Write API client would go to Google with no credentials while insertAll goes local.
+        raise ConfigError("BIGQUERY_WRITER=storage_write with BIGQUERY_EMULATOR_HOST needs BIGQUERY_EMULATOR_GRPC_HOST")
     ops = settings.ops_dataset
     if not naming.DATASET_NAME.match(ops) or naming.is_space_dataset(ops):
         raise ConfigError(f"OPS_DATASET={ops!r} must be a dataset name that no personas_<space> can take")

@@ -16,6 +16,11 @@
 5. bqemulator reports `numDmlAffectedRows` but not `dmlStats` (inserted / updated / deleted rows),
    which BigQuery reports for every DML job and the users sync reads. Here a MERGE's job gets them:
    inserted = the target's row count after minus before, updated = affected minus inserted.
+6. bqemulator's Storage Write API inserts appended rows (a registered Arrow table) on the one DuckDB
+   connection its REST API also uses, from a gRPC thread: with a REST query running at the same time
+   the whole emulator deadlocked (REST and gRPC hung for good; measured 2026-11-29 with the
+   storage_write integration tests, which poll while the function appends). Here the append runs on a
+   cursor of its own (DuckDB's thread-safe way: another connection to the same database).
 
 Also, for the benchmark (tests/bench): write requests are counted on the server side, and
 `GET /_personas/counters` answers `{"insertAll": n, "appendRows": m}`: POSTs that reached the
@@ -38,6 +43,7 @@ from typing import Any
 
 import bqemulator.api.routes.jobs as job_routes
 import bqemulator.api.routes.tables as table_routes
+import bqemulator.grpc_api.write_servicer as write_servicer
 import bqemulator.server as emulator_server
 from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
 from bqemulator.catalog.memory_repository import MemoryCatalogRepository
@@ -171,6 +177,27 @@ emulator_server.create_app = _with_counters(emulator_server.create_app)  # type:
 BigQueryWriteHandler._handle_append_rows = _counting_appends(  # type: ignore[method-assign]
     BigQueryWriteHandler._handle_append_rows
 )
+
+
+def _flush_on_own_cursor(self: Any, stream: Any, rows: Any) -> None:
+    """write_servicer's _flush_to_target, with the INSERT on a cursor of its own (see 6 above)."""
+    target = quoted_table_ref(stream.project_id, stream.dataset_id, stream.table_id)
+    registered = write_servicer.register_name(f"__bqemu_write_{uuid.uuid4().hex[:12]}")
+    with self._write_lock:
+        cursor = self._ctx.engine.connection.cursor()
+        try:
+            cursor.register(registered, rows)
+            cursor.execute(f"INSERT INTO {target} SELECT * FROM {registered}")
+            cursor.unregister(registered)
+        finally:
+            cursor.close()
+        meta = self._ctx.catalog.get_table(stream.project_id, stream.dataset_id, stream.table_id)
+        if meta is not None:
+            self._ctx.catalog.update_table(meta.model_copy(update={"num_rows": meta.num_rows + rows.num_rows}))
+        self._ctx.snapshots.record_change(stream.project_id, stream.dataset_id, stream.table_id)
+
+
+write_servicer.BigQueryWriteHandler._flush_to_target = _flush_on_own_cursor  # type: ignore[method-assign]
 for cls in (MemoryCatalogRepository, DuckDBCatalogRepository):
     cls.update_table = _also_alter_storage(cls.update_table)
 job_routes.execute_query_job = _with_dml_stats(job_routes.execute_query_job)  # type: ignore[assignment]

@@ -92,6 +92,10 @@ class StackConfig:
         return f"http://127.0.0.1:{self.bigquery_port}"
 
     @property
+    def bigquery_grpc_host(self) -> str:
+        return f"127.0.0.1:{self.bigquery_grpc_port}"
+
+    @property
     def ingest_url(self) -> str:
         return f"http://127.0.0.1:{self.ingest_port}"
 
@@ -110,6 +114,7 @@ class StackConfig:
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
             "GOOGLE_CLOUD_PROJECT": self.project,
             "BIGQUERY_EMULATOR_HOST": self.bigquery_url,
+            "BIGQUERY_EMULATOR_GRPC_HOST": self.bigquery_grpc_host,  # the Write API (BIGQUERY_WRITER=storage_write)
             "BIGQUERY_PROJECT": self.project,
         }
 

@@ -55,7 +55,10 @@ locals {
     OPS_DATASET             = google_bigquery_dataset.ops.dataset_id
     INGEST_DEADLINE_SECONDS = tostring(local.ingest_deadline_seconds)
   }
-  optional_env = { for name, value in { PERSONAS_CONFIG = var.personas_config } : name => value if value != "" }
+  # BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
+  optional_env = {
+    for name, value in { PERSONAS_CONFIG = var.personas_config, BIGQUERY_WRITER = var.bigquery_writer } : name => value if value != ""
+  }
 
   # One source, one configuration: both functions read the same settings at start-up.
   function_env = merge(var.extra_environment_variables, local.optional_env, local.managed_env)

@@ -83,6 +83,17 @@ variable "personas_config" {
   default     = ""
 }
 
+variable "bigquery_writer" {
+  description = "How the functions write rows: insert_all (legacy streaming) or storage_write (Storage Write API, half the price per GiB, 2 TiB a month free). README, \"Choosing the writer\"."
+  type        = string
+  default     = "insert_all"
+
+  validation {
+    condition     = contains(["insert_all", "storage_write"], var.bigquery_writer)
+    error_message = "bigquery_writer must be insert_all or storage_write."
+  }
+}
+
 variable "extra_environment_variables" {
   description = "Further settings for both functions (DEFAULT_SPACE, MAX_MESSAGE_BYTES, ...). The variables this module manages win over these."
   type        = map(string)

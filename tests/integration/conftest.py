@@ -1,6 +1,12 @@
 """One local stack for the whole integration session, on its own ports (a `make up` stack can keep
 running), from the staged source. Each test writes to its own space, so tests never see each
-other's rows; the stack is stopped by process group at the end."""
+other's rows; the stack is stopped by process group at the end.
+
+Both BigQuery writers must pass the same tests: a test marked `both_writers` runs once more against a
+second stack whose functions write with the Storage Write API (BIGQUERY_WRITER=storage_write). Every
+test gets `stack` parametrized by writer, so pytest keeps one stack per writer for the session and runs
+the tests of one writer together (the first stack is stopped before the second starts). bqemulator's
+Write API is slow (~0.5 s per append), so only a few core ingest tests are marked."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +40,37 @@ TEST_CONFIG = StackConfig(
     function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", "SYNC_OVERLAP_SECONDS": "0"},
 )
 
+# The same stack with the functions writing through the Storage Write API, on ports of its own.
+STORAGE_WRITE_CONFIG = replace(
+    TEST_CONFIG,
+    pubsub_port=18185,
+    bigquery_port=19150,
+    bigquery_grpc_port=19160,
+    ingest_port=18180,
+    sync_port=18181,
+    function_env={**TEST_CONFIG.function_env, "BIGQUERY_WRITER": "storage_write"},
+)
+WRITERS = {"insert_all": TEST_CONFIG, "storage_write": STORAGE_WRITE_CONFIG}
+
 pytestmark = pytest.mark.integration
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_writers: runs against the insert_all and the storage_write stack")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "stack" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_writers") is not None
+        writers = list(WRITERS) if both else ["insert_all"]
+        metafunc.parametrize("stack", writers, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("stack")
-    config = StackConfig(**{**TEST_CONFIG.__dict__, "state_dir": str(state)})
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    writer = getattr(request, "param", "insert_all")
+    state = tmp_path_factory.mktemp(f"stack-{writer}")
+    config = replace(WRITERS[writer], state_dir=str(state))
     with running(config) as started:
         yield started
     if os.environ.get("CI"):

@@ -1,5 +1,6 @@
-"""Group commit through the real stack: single-call push requests in flight at once share insertAll
-writes, and every call answered 204 is in BigQuery once."""
+"""Group commit through the real stack, with each writer: single-call push requests in flight at once
+share writes (insertAll requests, or Storage Write API appends), and every call answered 204 is in
+BigQuery once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from google.cloud import bigquery
 
 from infra.local.stack import Stack
@@ -19,10 +21,11 @@ CALLS = 96
 IN_FLIGHT = 32
 
 
-def insert_all_requests(stack: Stack) -> int:
-    """insertAll requests bqemulator received so far (the local launcher counts them)."""
+def write_requests(stack: Stack) -> int:
+    """Write requests of the stack's writer bqemulator received so far (the local launcher counts them)."""
+    storage_write = stack.config.function_env.get("BIGQUERY_WRITER") == "storage_write"
     with urllib.request.urlopen(f"{stack.config.bigquery_url}/_personas/counters", timeout=10) as answer:
-        return int(json.load(answer)["insertAll"])
+        return int(json.load(answer)["appendRows" if storage_write else "insertAll"])
 
 
 def push_body(call: dict[str, object], message_id: str, space: str) -> bytes:
@@ -36,6 +39,7 @@ def push_body(call: dict[str, object], message_id: str, space: str) -> bytes:
     return json.dumps({"message": message, "subscription": "projects/personas-local/subscriptions/test"}).encode()
 
 
+@pytest.mark.both_writers
 def test_requests_in_flight_share_writes_and_every_acked_call_lands_once(
     stack: Stack, bq: bigquery.Client, space: str
 ) -> None:
@@ -57,10 +61,10 @@ def test_requests_in_flight_share_writes_and_every_acked_call_lands_once(
         answer.read()
         return answer.status
 
-    before = insert_all_requests(stack)
+    before = write_requests(stack)
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         statuses = list(pool.map(post, bodies[1:]))
-    writes = insert_all_requests(stack) - before
+    writes = write_requests(stack) - before
     assert statuses == [204] * (CALLS - 1)
     rows = query(bq, f"SELECT id, score FROM `{stack.config.project}.personas_{space}.identifies`")
     assert sorted((r["id"], r["score"]) for r in rows) == [(f"{space}-m{i}", i) for i in sorted(range(CALLS), key=str)]

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 P = "personas-local"
 
 
+@pytest.mark.both_writers
 def test_seed_calls_land_in_segment_layout(
     stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
 ) -> None:
@@ -100,6 +101,7 @@ def test_hostile_names_are_made_safe_and_hostile_space_rejected(
     assert rejected["error_class"] == "unsafe_space"
 
 
+@pytest.mark.both_writers
 def test_batch_with_a_bad_call_writes_the_good_ones(
     stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
 ) -> None:
@@ -120,6 +122,7 @@ def test_batch_with_a_bad_call_writes_the_good_ones(
     assert json.loads(rejected["errors"])["type"] == ["Must be one of: identify, track."]
 
 
+@pytest.mark.both_writers
 def test_new_trait_becomes_a_column_and_type_conflict_a_discard(
     stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
 ) -> None:
@@ -184,6 +187,7 @@ def test_concurrent_new_columns_keep_every_value_in_its_column(
         }
 
 
+@pytest.mark.both_writers
 def test_dedup_views_keep_one_row_per_id(
     stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
 ) -> None:
@@ -216,6 +220,7 @@ def _post(url: str, body: bytes, method: str = "POST") -> int:
         return exc.code
 
 
+@pytest.mark.both_writers
 def test_push_without_data_posted_to_ingest_is_recorded_and_acked(stack: Stack, bq: bigquery.Client) -> None:
     """functions-framework's CloudEvent conversion answered 400 to this (legal Pub/Sub) message: Pub/Sub
     retried it until dead-lettered and rejected_messages never saw it."""
