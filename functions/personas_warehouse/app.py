@@ -40,7 +40,9 @@ def warehouse() -> Warehouse:
 
 
 def handle_push_request(request: Any) -> Response:
-    return handle_push(request.method, request.get_data(cache=False), warehouse)
+    # From the first byte read: this request's rows are coming, so shared writes wait for them (group_commit.py).
+    with warehouse().serving():
+        return handle_push(request.method, request.get_data(cache=False), warehouse)
 
 
 def handle_push(

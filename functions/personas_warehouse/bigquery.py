@@ -8,6 +8,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -192,6 +193,10 @@ class Warehouse:
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._specs: dict[tuple[str, str], TableSpec] = {}  # to re-create a table BigQuery lost
         self._sleep = sleep
+
+    def serving(self) -> AbstractContextManager[None]:
+        """Around one request's work: its rows are on their way, so shared writes wait for them."""
+        return self._groups.serving()
 
     def table_ref(self, dataset: str, table: str) -> str:
         return f"{self.project}.{dataset}.{table}"

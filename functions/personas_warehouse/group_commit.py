@@ -6,10 +6,12 @@ the first request of a group (its leader) writes the whole group on its own thre
 wait for that write. No background thread: Cloud Functions gen2 may give an instance no CPU between
 requests, so the writing is always done by a request that is still waiting for its answer.
 
-A group closes when it is full (rows or bytes) or when its leader stops waiting: while another write
-to the same table is in flight the leader waits for it (the rows arriving meanwhile join its group),
-for at most `max_wait` seconds. So one request alone is written at once, and under load every write
-carries what arrived during the previous one.
+A group closes when it is full (rows or bytes) or when its leader stops waiting, after at most
+`max_wait` seconds. The leader waits while another write to the same table is in flight (the rows
+arriving meanwhile join its group), and while some request in flight in the instance is still at work
+(decoding, shaping: announced by `serving()`), since its rows are about to come. So one request alone
+is written at once, and under load a write carries the rows of every request in flight rather than
+of whichever arrived first (PostgreSQL's commit_delay with commit_siblings, without the fixed delay).
 
 Every request returns only after the write carrying its rows answered: with the refusals of its own
 rows (indices are its own), or by raising when that write failed, so exactly the requests whose rows
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -82,6 +85,20 @@ class GroupCommit(Generic[Item, Refusal]):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a group filled up or a write finished
         self._tables: dict[Hashable, _Table[Item, Refusal]] = {}
+        self._serving = 0  # requests in flight that said so (serving())
+        self._submitting = 0  # of them, those inside submit(): waiting for a write
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around the handling of one request: while it works on its rows, leaders wait for them."""
+        with self._lock:
+            self._serving += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._serving -= 1
+                self._changed.notify_all()
 
     def submit(
         self, key: Hashable, items: Sequence[Item], sizes: Sequence[int], deadline: Deadline
@@ -90,6 +107,8 @@ class GroupCommit(Generic[Item, Refusal]):
         if not items:
             return {}
         with self._lock:
+            self._submitting += 1
+            self._changed.notify_all()  # a leader may be waiting for this request's rows
             table = self._tables.setdefault(key, _Table())
             group = table.open
             if group is None or not self._fits(group, len(items), sum(sizes)):
@@ -105,10 +124,14 @@ class GroupCommit(Generic[Item, Refusal]):
             group.deadlines.append(deadline)
             if self._full(group):
                 self._close(table, group)
-        if leader:
-            self._lead(key, table, group)
-        elif not group.done.wait(deadline.remaining() + _FOLLOWER_GRACE_SECONDS):
-            raise TransientError("the shared write carrying this request's rows did not answer in time")
+        try:
+            if leader:
+                self._lead(key, table, group)
+            elif not group.done.wait(deadline.remaining() + _FOLLOWER_GRACE_SECONDS):
+                raise TransientError("the shared write carrying this request's rows did not answer in time")
+        finally:
+            with self._lock:
+                self._submitting -= 1
         if group.error is not None:
             if isinstance(group.error, TransientError):
                 raise TransientError(f"the shared write failed: {group.error}") from group.error
@@ -134,7 +157,7 @@ class GroupCommit(Generic[Item, Refusal]):
         try:
             with self._lock:
                 end = self._clock() + min(self._max_wait, self._tightest(group).remaining())
-                while table.writes_in_flight and not group.closed:
+                while not group.closed and (table.writes_in_flight or self._serving > self._submitting):
                     left = end - self._clock()
                     if left <= 0:
                         break

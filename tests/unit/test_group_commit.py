@@ -345,3 +345,51 @@ def test_concurrent_inserts_share_insertall_requests_and_each_gets_its_own_refus
     assert [(r.index, r.errors[0]["message"]) for r in results[7]] == [(0, "bad")]
     stored = {row["id"] for row in fake.rows["personas-test.personas_default.identifies"]}
     assert stored == {"m-1"} | {f"m{i}" for i in range(16) if i != 7}
+
+
+def test_a_leader_waits_for_the_rows_of_requests_still_at_work_then_writes_them_together() -> None:
+    write = Writes()
+    gc = commit(write, max_wait=5.0)
+    at_work = threading.Event()
+    submit_now = threading.Event()
+
+    def slow_request() -> dict[int, str]:
+        with gc.serving():
+            at_work.set()
+            assert submit_now.wait(5)  # decoding and shaping, say
+            return gc.submit("t", items_of("slow", 1), [1], Forever())
+
+    def quick_request() -> dict[int, str]:
+        with gc.serving():
+            return gc.submit("t", items_of("quick", 1), [1], Forever())
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(slow_request)
+        assert at_work.wait(5)
+        quick = pool.submit(quick_request)
+        wait_until(lambda: _queued(gc) == 1)
+        time.sleep(0.1)
+        assert write.groups == []  # no write while a request in flight still works on its rows
+        submit_now.set()
+        assert slow.result() == {} and quick.result() == {}
+    assert [sorted(group) for group in write.groups] == [[("quick", 0), ("slow", 0)]]
+
+
+def test_a_request_at_work_delays_a_write_by_at_most_max_wait() -> None:
+    write = Writes()
+    gc = commit(write, max_wait=0.1)
+    release = threading.Event()
+
+    def request_with_no_rows_for_this_table() -> None:
+        with gc.serving():
+            assert release.wait(5)
+
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(request_with_no_rows_for_this_table)
+        wait_until(lambda: gc._serving == 1)
+        started = time.monotonic()
+        with gc.serving():
+            assert gc.submit("t", items_of("a", 1), [1], Forever()) == {}
+        assert 0.08 <= time.monotonic() - started < 2.0
+        release.set()
+        other.result()
