@@ -76,8 +76,10 @@ push body, base64-decodes and parses the call, answers 204; no write), served th
 generator (Python threads, one keep-alive `http.client` connection each) POSTs Pub/Sub push bodies of
 single-call messages (an identify, as Personas sends) to each in turn, {h.messages} messages per
 level and run, {h.runs} runs alternating which goes first; calls/s is messages over wall time, the
-figure the median of the runs, the ratio the median of each run's ours/bare. The load generator
-shares the machine's CPUs with both servers.
+figure the median of the runs, the ratio the median of each run's ours/bare. Ours writes each level
+and run into a space of its own (tables created by one call before the clock starts), because
+bqemulator's insertAll slows as a table grows. The load generator shares the machine's CPUs with both
+servers.
 
 {table(rows)}
 
