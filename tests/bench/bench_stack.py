@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import http.client
 import itertools
 import json
@@ -372,10 +373,37 @@ class ColdFigures:
     ours_first: list[float] = field(default_factory=list)
     bare_first: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)  # first call, ours / bare, per run
+    ours_client_import: list[float] = field(default_factory=list)
+    bare_client_import: list[float] = field(default_factory=list)
+
+
+DEPLOY_VENVS = ROOT / ".cache" / "bench-venvs"
+
+
+def deployed_python(who: str) -> str:
+    """The interpreter of a venv holding exactly what a deployment of `who` installs: ours,
+    functions/requirements.txt (which includes google-cloud-bigquery-storage, whose mere presence makes
+    google.cloud.bigquery import more); bare, only functions-framework and google-cloud-bigquery at the
+    same pins. The dev venv holds pyarrow and numpy for bqemulator, which google.cloud.bigquery then
+    imports too: a cold start measured there is not a deployment's. Built once, cached by content."""
+    lines = (ROOT / "functions" / "requirements.txt").read_text().splitlines()
+    pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if who == "bare":
+        pins = [pin for pin in pins if pin.split("==")[0] in ("functions-framework", "google-cloud-bigquery")]
+    key = hashlib.sha256("\n".join([who, *pins, (ROOT / "requirements-lock.txt").read_text()]).encode()).hexdigest()
+    venv = DEPLOY_VENVS / f"{who}-{key[:12]}"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        install = [str(python), "-m", "pip", "install", "--quiet", *pins, "-c", str(ROOT / "requirements-lock.txt")]
+        subprocess.run(install, check=True)
+        (venv / ".installed").touch()
+    return str(python)
 
 
 def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
-    """(seconds from spawn to the app built, to the first answer) of a fresh process."""
+    """(seconds from spawn to the app built, to the first answer) of a fresh process, in a venv built
+    like the deployment's (deployed_python)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PUBSUB_EMULATOR_HOST")}
     if who == "ours":  # what the stack gives the function (infra/local/stack.py)
         env |= {**c.exports(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(STAGE), **c.function_env}
@@ -384,9 +412,10 @@ def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
     else:
         env |= {"PYTHONPATH": str(BARE_DIR), "THREADS": THREADS}
         argv, cwd = [who, "bare", str(BARE_DIR / "main.py")], BARE_DIR
+    python = deployed_python(who)
     started = time.time()
     done = subprocess.run(
-        [sys.executable, "-c", FIRST_CALL, *argv],
+        [python, "-c", FIRST_CALL, *argv],
         input=push_body(call_id, f"p-{call_id}"),
         capture_output=True,
         cwd=cwd,
@@ -403,9 +432,23 @@ def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
     return answer["imported"] - started, answer["answered"] - started
 
 
+CLIENT_IMPORT = "import time; t = time.perf_counter(); import google.cloud.bigquery; print(time.perf_counter() - t)"
+
+
+def client_import_seconds(who: str) -> float:
+    """The import of google.cloud.bigquery alone in `who`'s deployment venv: what the packages installed
+    beside it add (google-cloud-bigquery-storage makes it import the Storage Read client)."""
+    done = subprocess.run([deployed_python(who), "-c", CLIENT_IMPORT], capture_output=True, check=True, timeout=120)
+    return float(done.stdout.decode().strip())
+
+
 def measure_cold(c: StackConfig, ids: Ids, runs: int) -> ColdFigures:
     figures = ColdFigures()
+    for who in ("ours", "bare"):  # not measured: builds the venv, writes the staged code's .pyc files
+        cold_start(c, who, ids.take(1, f"cold-{who}")[0])
     for run in range(runs):
+        for who in ("ours", "bare"):
+            getattr(figures, f"{who}_client_import").append(client_import_seconds(who))
         first = {}
         for who in ("ours", "bare") if run % 2 == 0 else ("bare", "ours"):
             imported, answered = cold_start(c, who, ids.take(1, f"cold-{who}")[0])
