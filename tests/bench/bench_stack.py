@@ -224,6 +224,10 @@ class Level:
     bare: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)  # ours / bare, per run
     writes_per_1000: list[float] = field(default_factory=list)
+    # CPU seconds per message of each side's processes (user + system, whole process groups), per run
+    ours_function_cpu: list[float] = field(default_factory=list)
+    ours_bigquery_cpu: list[float] = field(default_factory=list)
+    bare_function_cpu: list[float] = field(default_factory=list)
     failed_ours: int = 0
     failed_bare: int = 0
 
@@ -237,7 +241,26 @@ class HttpFigures:
     missing: int = 0
 
 
-def measure_http(c: StackConfig, ids: Ids, messages: int, runs: int, levels: tuple[int, ...]) -> HttpFigures:
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (the stack starts each
+    server in a group of its own: functions-framework's arbiter and worker, bqemulator)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[2] is the process group (stat field 5)
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def measure_http(
+    c: StackConfig, ids: Ids, messages: int, runs: int, levels: tuple[int, ...], pids: dict[str, int]
+) -> HttpFigures:
     ours_path = c.push_endpoint.removeprefix(c.ingest_url)
     found = [Level(n) for n in levels]
     acked: list[str] = []
@@ -257,12 +280,17 @@ def measure_http(c: StackConfig, ids: Ids, messages: int, runs: int, levels: tup
                     warm = drive(c.ingest_port, ours_path, ids.take(1, "warm"), 1, space)  # creates the tables
                     acked += warm.acked
                     before = write_requests(c)
+                    cpu = group_cpu_seconds(pids["ingest"]), group_cpu_seconds(pids["bqemulator"])
                     result = drive(c.ingest_port, ours_path, ids.take(messages, f"c{n}"), n, space)
+                    level.ours_function_cpu.append((group_cpu_seconds(pids["ingest"]) - cpu[0]) / messages)
+                    level.ours_bigquery_cpu.append((group_cpu_seconds(pids["bqemulator"]) - cpu[1]) / messages)
                     level.writes_per_1000.append((write_requests(c) - before) * 1000 / messages)
                     level.failed_ours += result.failed
                     acked += result.acked
                 else:
+                    cpu = group_cpu_seconds(pids["bare"]), 0.0
                     result = drive(BARE_PORT, "/", ids.take(messages, "bare"), n)
+                    level.bare_function_cpu.append((group_cpu_seconds(pids["bare"]) - cpu[0]) / messages)
                     level.failed_bare += result.failed
                 rates[who] = result.rate
             level.ours.append(rates["ours"])
@@ -477,7 +505,7 @@ def measure_stack(*, messages: int = 500, push_messages: int = 100, runs: int = 
     with running(c) as stack:
         start_bare(stack)
         print(f"under concurrency over HTTP ({messages} messages per level and run) ...", file=sys.stderr)
-        http = measure_http(c, ids, messages, runs, (1, 8, 32))
+        http = measure_http(c, ids, messages, runs, (1, 8, 32), stack.pids)
         print(f"through the Pub/Sub emulator's push ({push_messages} messages per run) ...", file=sys.stderr)
         push = measure_push(c, ids, push_messages, runs)
         print("cold start ...", file=sys.stderr)
