@@ -403,6 +403,7 @@ class ColdFigures:
     ratios: list[float] = field(default_factory=list)  # first call, ours / bare, per run
     ours_client_import: list[float] = field(default_factory=list)
     bare_client_import: list[float] = field(default_factory=list)
+    ours_validation_import: list[float] = field(default_factory=list)  # marshmallow and PyYAML
 
 
 DEPLOY_VENVS = ROOT / ".cache" / "bench-venvs"
@@ -460,13 +461,21 @@ def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
     return answer["imported"] - started, answer["answered"] - started
 
 
-CLIENT_IMPORT = "import time; t = time.perf_counter(); import google.cloud.bigquery; print(time.perf_counter() - t)"
+TIMED_IMPORT = """
+import importlib, sys, time
+t = time.perf_counter()
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+print(time.perf_counter() - t)
+"""
 
 
-def client_import_seconds(who: str) -> float:
-    """The import of google.cloud.bigquery alone in `who`'s deployment venv: what the packages installed
-    beside it add (google-cloud-bigquery-storage makes it import the Storage Read client)."""
-    done = subprocess.run([deployed_python(who), "-c", CLIENT_IMPORT], capture_output=True, check=True, timeout=120)
+def import_seconds(who: str, *modules: str) -> float:
+    """Seconds to import `modules` in a fresh process of `who`'s deployment venv: where a cold start's
+    import time goes (google.cloud.bigquery imports more when google-cloud-bigquery-storage is installed
+    beside it: the Storage Read client)."""
+    argv = [deployed_python(who), "-c", TIMED_IMPORT, *modules]
+    done = subprocess.run(argv, capture_output=True, check=True, timeout=120)
     return float(done.stdout.decode().strip())
 
 
@@ -476,7 +485,8 @@ def measure_cold(c: StackConfig, ids: Ids, runs: int) -> ColdFigures:
         cold_start(c, who, ids.take(1, f"cold-{who}")[0])
     for run in range(runs):
         for who in ("ours", "bare"):
-            getattr(figures, f"{who}_client_import").append(client_import_seconds(who))
+            getattr(figures, f"{who}_client_import").append(import_seconds(who, "google.cloud.bigquery"))
+        figures.ours_validation_import.append(import_seconds("ours", "marshmallow", "yaml"))
         first = {}
         for who in ("ours", "bare") if run % 2 == 0 else ("bare", "ours"):
             imported, answered = cold_start(c, who, ids.take(1, f"cold-{who}")[0])
