@@ -4,8 +4,8 @@
 
 Sections: the ingest function under concurrency over HTTP, through the Pub/Sub emulator's push,
 BigQuery write requests, cold start (tests/bench/bench_stack.py, one stack of their own on ports
-28050-28090); core CPU and memory (tests/bench/bench_ingest.py, in process); users sync
-(tests/bench/bench_sync.py). Every ratio is measured side by side in this run; figures are medians
+28050-28090); core CPU and memory (tests/bench/bench_ingest.py, in process); the two writers
+(tests/bench/bench_writers.py, in process); users sync (tests/bench/bench_sync.py). Every ratio is measured side by side in this run; figures are medians
 of `--runs` runs. `--quick` is for iterating on the harness: fewer messages, a small sync table
 (its figures are then not the ones to publish).
 """
@@ -23,7 +23,7 @@ from statistics import median
 from typing import Any
 
 from infra.local.stack import ROOT
-from tests.bench import bench_ingest, bench_stack, bench_sync
+from tests.bench import bench_ingest, bench_stack, bench_sync, bench_writers
 
 MB = 1_000_000
 ROW = tuple[str, str, str, str, str, str]
@@ -254,10 +254,12 @@ def cold_gap(c: bench_stack.ColdFigures) -> str:
     validation = median(c.ours_validation_import)
     rest = imports - client - validation
     return (
-        f"{imports * 1000:.0f} of the {total * 1000:.0f} ms more are imports: marshmallow and PyYAML "
-        f"{validation * 1000:.0f} ms, google-cloud-bigquery-storage's effect on the client's import "
-        f"{client * 1000:.0f} ms, the package itself and its config about {rest * 1000:.0f} ms; the rest is the "
-        "first request's round trips to BigQuery (the table's schema, the write)"
+        f"{imports * 1000:.0f} of the {total * 1000:.0f} ms more are imports: marshmallow and PyYAML up to "
+        f"{validation * 1000:.0f} ms (timed alone, with standard-library modules that other imports would "
+        f"load anyway), google-cloud-bigquery-storage's effect on the client's import {client * 1000:.0f} ms, "
+        f"the package itself and its config at least {max(rest, 0) * 1000:.0f} ms; the rest is the first "
+        "request's round trips to BigQuery (the table's schema, the write). marshmallow validates calls and "
+        "the config at start-up; the Write API package is what BIGQUERY_WRITER=storage_write needs"
     )
 
 
@@ -312,6 +314,41 @@ deployment installs (`.cache/bench-venvs/`, built once): ours `functions/require
 functions-framework and google-cloud-bigquery at the same pins. Not the dev venv: there bqemulator's
 pyarrow and numpy are installed, and `google.cloud.bigquery` imports them, in both processes. A Cloud
 Functions cold start adds the platform's own (container start) time to both.
+
+{table(rows)}
+"""
+
+
+def writers_section(writers: dict[str, dict[str, float]]) -> str:
+    insert_all, storage_write = writers["insert_all"], writers["storage_write"]
+    ratio = storage_write["cpu_us_per_row"] / insert_all["cpu_us_per_row"]
+    rows: list[ROW] = [
+        (
+            f"rows per write request, {bench_writers.ROWS:,} rows handed to the writer at once",
+            f"{storage_write['rows_per_request']:,.0f} (storage_write)",
+            f"{insert_all['rows_per_request']:,.0f} (insert_all)",
+            f"{storage_write['rows_per_request'] / insert_all['rows_per_request']:.1f}x",
+            "none (reported)",
+            "",
+        ),
+        (
+            "client CPU per row (serialization and the call, no network)",
+            f"{storage_write['cpu_us_per_row']:.1f} us (storage_write)",
+            f"{insert_all['cpu_us_per_row']:.1f} us (insert_all)",
+            f"{ratio:.2f}x",
+            "none (reported)",
+            "",
+        ),
+    ]
+    return f"""## 7. The two writers
+
+`tests/bench/bench_writers.py`: the same {bench_writers.ROWS:,} fitted `identifies` rows written by each
+writer's real code down to the wire and no further: insertAll through google-cloud-bigquery's own
+`Client` (its JSON body built and handed to an HTTP session that answers at once), the Storage Write
+API through `StorageWriter` down to the serialized `AppendRowsRequest`. Process CPU time, median of
+{bench_writers.RUNS} runs. Local wall time of the Write API on bqemulator says nothing about BigQuery's,
+so neither is timed against the emulator. Rows from single-call messages reach either writer in the
+groups of section 3 (at most 500 rows); a batch message's rows go in one call.
 
 {table(rows)}
 """
@@ -455,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = bench_stack.measure_stack(
         messages=100 if args.quick else 1000, push_messages=30 if args.quick else 200, runs=args.runs
     )
+    print("the two writers ...", file=sys.stderr)
+    writers = bench_writers.measure_writers(runs=bench_writers.RUNS)
     print("users sync ...", file=sys.stderr)
     sync = bench_sync.figures(20_000 if args.quick else 200_000)
     parts = [
@@ -463,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         writes_section(stack),
         core_section(core, memory),
         cold_section(stack),
+        writers_section(writers),
         sync_section(sync, args.quick),
     ]
     flags = shlex.join(sys.argv[1:] if argv is None else argv)
