@@ -35,6 +35,9 @@ Refusal = TypeVar("Refusal")
 # A follower waits for its leader's write a little past its own deadline: the write is bounded by the
 # tightest deadline of its group, so the grace only covers the time the leader needs to hand back.
 _FOLLOWER_GRACE_SECONDS = 2.0
+# A group is written within the tightest deadline of its requests, so a request with less time than this
+# left would make the write fail for all of them: it is refused before it joins (it fails alone).
+MIN_SECONDS_TO_JOIN = 1.0
 
 
 class Deadline(Protocol):
@@ -106,6 +109,8 @@ class GroupCommit(Generic[Item, Refusal]):
         """Write `items` (with their byte `sizes`) in a group; {index in items: refusal} once written."""
         if not items:
             return {}
+        if deadline.remaining() < MIN_SECONDS_TO_JOIN:
+            raise TransientError("too little of the deadline left to join a shared write; Pub/Sub will redeliver")
         with self._lock:
             self._submitting += 1
             self._changed.notify_all()  # a leader may be waiting for this request's rows

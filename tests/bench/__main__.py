@@ -5,9 +5,9 @@
 Sections: the ingest function under concurrency over HTTP, through the Pub/Sub emulator's push,
 BigQuery write requests, cold start (tests/bench/bench_stack.py, one stack of their own on ports
 28050-28090); core CPU and memory (tests/bench/bench_ingest.py, in process); the two writers
-(tests/bench/bench_writers.py, in process); users sync (tests/bench/bench_sync.py). Every ratio is measured side by side in this run; figures are medians
-of `--runs` runs. `--quick` is for iterating on the harness: fewer messages, a small sync table
-(its figures are then not the ones to publish).
+(tests/bench/bench_writers.py, in process); users sync (tests/bench/bench_sync.py). Every ratio is
+measured side by side in this run; figures are medians of `--runs` runs. `--quick` is for iterating
+on the harness: fewer messages, a small sync table (its figures are then not the ones to publish).
 """
 
 from __future__ import annotations

@@ -236,8 +236,14 @@ def test_a_group_is_written_within_the_tightest_deadline_of_its_requests() -> No
 
 def test_a_follower_whose_write_never_answers_gives_up_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     class Gone:
+        """Enough time to join; none left by the time it waits."""
+
+        def __init__(self) -> None:
+            self.asked = 0
+
         def remaining(self) -> float:
-            return 0.0
+            self.asked += 1
+            return 5.0 if self.asked == 1 else 0.0
 
     monkeypatch.setattr(group_commit, "_FOLLOWER_GRACE_SECONDS", 0.05)
     write = Writes()
@@ -393,3 +399,16 @@ def test_a_request_at_work_delays_a_write_by_at_most_max_wait() -> None:
         assert 0.08 <= time.monotonic() - started < 2.0
         release.set()
         other.result()
+
+
+def test_a_request_almost_out_of_time_fails_alone_instead_of_shortening_a_shared_write() -> None:
+    class Left:
+        def remaining(self) -> float:
+            return group_commit.MIN_SECONDS_TO_JOIN / 2
+
+    write = Writes()
+    gc = commit(write)
+    with pytest.raises(TransientError, match="too little of the deadline"):
+        gc.submit("t", items_of("late", 1), [1], Left())
+    assert write.groups == []
+    assert gc.submit("t", items_of("on_time", 1), [1], Forever()) == {}
