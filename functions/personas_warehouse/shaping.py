@@ -224,10 +224,16 @@ _column_of = itemgetter(1)  # Cell.column, for map(): no Python frame per cell
 
 
 def _resolve_collisions(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """One cell per column, as _resolve_by_grouping decides; the usual case, no two keys sharing a
+    column, without grouping."""
+    if len(set(map(_column_of, cells))) == len(cells):
+        return list(cells), []
+    return _resolve_by_grouping(cells)
+
+
+def _resolve_by_grouping(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     """One cell per column. The winner is the key that already is the column name, else the smallest
     key path; the others are returned as collisions (recorded as discards)."""
-    if len(set(map(_column_of, cells))) == len(cells):  # the usual case: no two keys share a column
-        return list(cells), []
     by_column: dict[str, list[Cell]] = {}
     for cell in cells:
         by_column.setdefault(cell.column, []).append(cell)

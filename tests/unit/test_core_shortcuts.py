@@ -173,26 +173,13 @@ def test_remembered_names_are_the_names(
             assert all(names.size <= limit for names in shaping._NAMES.values())
 
 
-def resolve_by_grouping(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
-    """_resolve_collisions without its shortcut for cells that share no column."""
-    by_column: dict[str, list[Cell]] = {}
-    for cell in cells:
-        by_column.setdefault(cell.column, []).append(cell)
-    kept, lost = [], []
-    for column, group in by_column.items():
-        group.sort(key=lambda c: (c.key.split(".", 1)[-1] != column, c.key))
-        kept.append(group[0])
-        lost.extend(group[1:])
-    return kept, lost
-
-
 @THOROUGH
 @given(objects, objects)
 def test_collisions_are_resolved_as_by_grouping(context: dict[str, Any], traits: dict[str, Any]) -> None:
     taken = shaping._base_columns(shaping.IDENTIFIES)
     cells = shaping._cells(context, "context", taken=taken, prefixes=())
     cells += shaping._cells(traits, "traits", taken=taken, prefixes=(shaping.CONTEXT_PREFIX,))
-    assert shaping._resolve_collisions(cells) == resolve_by_grouping(list(cells))
+    assert shaping._resolve_collisions(cells) == shaping._resolve_by_grouping(list(cells))
 
 
 # --- base64 without the wrapper -------------------------------------------------------------------------
