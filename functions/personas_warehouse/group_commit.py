@@ -86,7 +86,8 @@ class GroupCommit(Generic[Item, Refusal]):
         self._max_wait = max_wait
         self._clock = clock
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # a group filled up or a write finished
+        # Leaders re-check when a group closes, a write finishes, or a request submits or finishes.
+        self._changed = threading.Condition(self._lock)
         self._tables: dict[Hashable, _Table[Item, Refusal]] = {}
         self._serving = 0  # requests in flight that said so (serving())
         self._submitting = 0  # of them, those inside submit(): waiting for a write
@@ -157,8 +158,9 @@ class GroupCommit(Generic[Item, Refusal]):
         self._changed.notify_all()
 
     def _lead(self, key: Hashable, table: _Table[Item, Refusal], group: _Group[Item, Refusal]) -> None:
-        """Wait while another write to this table is in flight (bounded), close the group, write it, and
-        hand every waiting request its answer, whatever happens."""
+        """Wait (at most max_wait) while another write to this table is in flight or a request is still
+        at work on its rows, close the group, write it, and hand every waiting request its answer,
+        whatever happens."""
         try:
             with self._lock:
                 end = self._clock() + min(self._max_wait, self._tightest(group).remaining())
