@@ -100,17 +100,20 @@ def synced(columns: Sequence[str]) -> list[Synced]:
 
 def _rows(identifies: str, scope: str, cols: Sequence[Synced]) -> str:
     """Identify rows that have a user_id: the columns `cols` need, the order and the as-of key; one
-    copy per id, the first received. Columns are named, not `*`: BigQuery bills the columns it reads."""
+    copy per id, the first received; `_ties`, how many of the user's calls among them share the row's
+    timestamp. Columns are named, not `*`: BigQuery bills the columns it reads."""
     needed = "".join(f"{quote(c.column)}, " for c in cols if c is not ROW)
     return (
-        f"SELECT * FROM (SELECT user_id, id, timestamp, received_at, {needed}{KEY} AS _key, "
+        f"SELECT *, COUNT(*) OVER (PARTITION BY user_id, timestamp) AS _ties "
+        f"FROM (SELECT user_id, id, timestamp, received_at, {needed}{KEY} AS _key, "
         f"ROW_NUMBER() OVER (PARTITION BY id ORDER BY received_at, loaded_at) AS _copy "
         f"FROM {identifies} WHERE user_id IS NOT NULL{scope}) WHERE _copy = 1"
     )
 
 
 def _newest(rows: str, cols: Sequence[Synced]) -> str:
-    """One row per user: per column the newest non-null value of `rows` and the key of its call."""
+    """One row per user: per column the newest non-null value of `rows` and the key of its call;
+    `_tied` > 1 when two of the user's calls in `rows` share a timestamp."""
     picks = "".join(
         f", LAST_VALUE({quote(c.column)} IGNORE NULLS) OVER _user AS {quote(c.column)}"
         f", LAST_VALUE(IF({quote(c.column)} IS NULL, NULL, _key) IGNORE NULLS) OVER _user AS {quote(c.asof)}"
@@ -118,7 +121,7 @@ def _newest(rows: str, cols: Sequence[Synced]) -> str:
     )
     newest_first = ", ".join(f"{c} DESC" for c in ORDER.split(", "))
     return (
-        f"SELECT * FROM (SELECT user_id AS id{picks}, "
+        f"SELECT * FROM (SELECT user_id AS id{picks}, MAX(_ties) OVER _user AS _tied, "
         f"ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY {newest_first}) AS _newest FROM ({rows}) "
         f"WINDOW _user AS (PARTITION BY user_id ORDER BY {ORDER} "
         f"ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) WHERE _newest = 1"
@@ -144,7 +147,10 @@ def fold_sql(project: str, dataset: str, cols: Sequence[Synced]) -> str:
     value wins when its call's timestamp is later than the stored value's; the same key (the same
     call, read again) changes nothing. The same timestamp from another call cannot be decided from
     the keys (a genuinely newer call, or a late copy of an older one): the user is flagged instead,
-    for a rebuild. Only the users_state partitions in @touched are read."""
+    for a rebuild. So is a user with two calls of one timestamp in the window: their order is their
+    first copies' received_at, and a first copy may be outside the window (a late copy of the stored
+    call beside a newer call of the same timestamp would otherwise hide it). Only the users_state
+    partitions in @touched are read."""
     state, identifies = table(project, dataset, USERS_STATE), table(project, dataset, IDENTIFIES)
     source = _newest(_rows(identifies, f" AND loaded_at >= @{SINCE}", cols), cols)
     ambiguous, sets = [], []
@@ -159,7 +165,8 @@ def fold_sql(project: str, dataset: str, cols: Sequence[Synced]) -> str:
         f"MERGE {state} AS _old\n"
         f"USING ({source}) AS _new\n"
         f"ON _old.id = _new.id AND _old.{quote(BUCKET)} IN UNNEST(@{TOUCHED})\n"
-        f"WHEN MATCHED AND ({' OR '.join(f'({a})' for a in ambiguous)}) THEN UPDATE SET {quote(REBUILD)} = TRUE\n"
+        f"WHEN MATCHED AND (_new._tied > 1 OR {' OR '.join(f'({a})' for a in ambiguous)}) "
+        f"THEN UPDATE SET {quote(REBUILD)} = TRUE\n"
         f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)}\n"
         f"{_insert(cols)}"
     )
