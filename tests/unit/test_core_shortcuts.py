@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -109,21 +109,6 @@ def test_loads_strict_is_json_loads_without_nan_and_infinity(text: str) -> None:
 # --- shaping: flatten, names remembered, collisions -------------------------------------------------------
 
 
-def flatten_by_generator(obj: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
-    """flatten as it was written first (shaping.flatten is still this; _SourceNames walks without it)."""
-    for key, value in obj.items():
-        here = (*path, str(key))
-        if value is None:
-            continue
-        if isinstance(value, Mapping) and len(here) < shaping.MAX_DEPTH:
-            yield from flatten_by_generator(value, here)
-        elif isinstance(value, Mapping):
-            if value:
-                yield here, dict(value)
-        else:
-            yield here, value
-
-
 def nested(depth: int, leaf: Any) -> Any:
     return leaf if depth == 0 else {"k": nested(depth - 1, leaf), "x": depth}
 
@@ -139,7 +124,7 @@ def cells_by_naming(
 ) -> list[Cell]:
     """_cells without the remembered names and the walk: every key of flatten named on the spot."""
     out = []
-    for path, raw in flatten_by_generator(obj):
+    for path, raw in shaping.flatten(obj):
         naming_path = (source, *path) if source == "context" else path
         column = naming.column_name(naming_path, taken=taken, taken_prefixes=prefixes)
         out.append(Cell(".".join((source, *path)), column, values.infer(raw)[0], raw))
