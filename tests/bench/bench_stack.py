@@ -288,9 +288,9 @@ def measure_http(
                     level.failed_ours += result.failed
                     acked += result.acked
                 else:
-                    cpu = group_cpu_seconds(pids["bare"]), 0.0
+                    bare_cpu = group_cpu_seconds(pids["bare"])
                     result = drive(BARE_PORT, "/", ids.take(messages, "bare"), n)
-                    level.bare_function_cpu.append((group_cpu_seconds(pids["bare"]) - cpu[0]) / messages)
+                    level.bare_function_cpu.append((group_cpu_seconds(pids["bare"]) - bare_cpu) / messages)
                     level.failed_bare += result.failed
                 rates[who] = result.rate
             level.ours.append(rates["ours"])

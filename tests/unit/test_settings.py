@@ -435,3 +435,17 @@ def test_settings_lookups() -> None:
     assert loaded.slug_for_space_id("spa_2") == "sales"
     assert loaded.slug_for_space_id("spa_x") is None
     assert loaded.slug_for_space_id(None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "WRITE_GROUP_MAX_WAIT_MS must be at least 0"),
+        ("nan", "WRITE_GROUP_MAX_WAIT_MS must be at least 0"),
+        ("soon", "WRITE_GROUP_MAX_WAIT_MS='soon': "),
+    ],
+)
+def test_write_group_max_wait_is_a_non_negative_number(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_settings({"WRITE_GROUP_MAX_WAIT_MS": value})
+    assert load_settings({"WRITE_GROUP_MAX_WAIT_MS": "0"}).write_group_max_wait_ms == 0
