@@ -82,7 +82,7 @@ def fault_stack(
 ) -> Iterator[Harness]:
     """A stack of its own on ports 100*slot above the base ones; with `proxy`, both functions reach
     bqemulator only through a FaultProxy (started first, so they never see it missing)."""
-    o = 100 * slot
+    o = 100 * slot + int(os.environ.get("PERSONAS_TEST_PORT_OFFSET") or 0)  # as tests/integration/conftest.py
     # The overlap must exceed the ingest deadline (README, configuration): a row is stamped loaded_at before
     # its insert, which can land up to the deadline later. With 0, syncs every second during these streams
     # leave `users` short of rows a full rebuild sees (measured: 1-2 users of 30 differ).

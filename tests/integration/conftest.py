@@ -29,25 +29,28 @@ from google.cloud import bigquery, pubsub_v1
 from infra.local.stack import STAGE, Stack, StackConfig, running
 
 CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
+# Shifts every port of the test stacks, so that two checkouts (or two developers' worktrees) can run the
+# integration suite at once on one machine. 0 in CI.
+PORT_OFFSET = int(os.environ.get("PERSONAS_TEST_PORT_OFFSET") or 0)
 TEST_CONFIG = StackConfig(
     topic="personas-calls-test",
     subscription="personas-calls-test-ingest",
-    pubsub_port=18085,
-    bigquery_port=19050,
-    bigquery_grpc_port=19060,
-    ingest_port=18080,
-    sync_port=18081,
+    pubsub_port=18085 + PORT_OFFSET,
+    bigquery_port=19050 + PORT_OFFSET,
+    bigquery_grpc_port=19060 + PORT_OFFSET,
+    ingest_port=18080 + PORT_OFFSET,
+    sync_port=18081 + PORT_OFFSET,
     function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", "SYNC_OVERLAP_SECONDS": "0"},
 )
 
 # The same stack with the functions writing through the Storage Write API, on ports of its own.
 STORAGE_WRITE_CONFIG = replace(
     TEST_CONFIG,
-    pubsub_port=18185,
-    bigquery_port=19150,
-    bigquery_grpc_port=19160,
-    ingest_port=18180,
-    sync_port=18181,
+    pubsub_port=18185 + PORT_OFFSET,
+    bigquery_port=19150 + PORT_OFFSET,
+    bigquery_grpc_port=19160 + PORT_OFFSET,
+    ingest_port=18180 + PORT_OFFSET,
+    sync_port=18181 + PORT_OFFSET,
     function_env={**TEST_CONFIG.function_env, "BIGQUERY_WRITER": "storage_write"},
 )
 WRITERS = {"insert_all": TEST_CONFIG, "storage_write": STORAGE_WRITE_CONFIG}
