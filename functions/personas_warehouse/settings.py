@@ -25,6 +25,11 @@ BIGQUERY_MAX_COLUMNS = 10_000  # columns per table BigQuery allows
 # users_state keeps two columns per trait (the value and its as-of key), so a space's traits must fit
 # twice in one table: the budget of identifies is at most about half of BigQuery's limit.
 MAX_COLUMN_BUDGET = 5_000
+# A row becomes visible to the sync at most INGEST_DEADLINE_SECONDS plus this after its loaded_at: ingest
+# stamps loaded_at, then writes within its deadline, and BigQuery shows a written row to queries at once;
+# the margin covers a write BigQuery finished as the client gave up on it, and clock skew between machines.
+# SYNC_OVERLAP_SECONDS below their sum would let the sync's window pass over rows not visible yet.
+ROW_VISIBLE_MARGIN_SECONDS = 30
 # BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
 INSERT_ALL, STORAGE_WRITE = "insert_all", "storage_write"
 WRITERS = (INSERT_ALL, STORAGE_WRITE)
@@ -161,6 +166,12 @@ def _check(settings: Settings) -> None:
         value = getattr(settings, var)
         if not math.isfinite(value) or value < minimum:
             raise ConfigError(f"{var.upper()} must be at least {minimum}")
+    least = settings.ingest_deadline_seconds + ROW_VISIBLE_MARGIN_SECONDS
+    if settings.sync_overlap_seconds < least:
+        raise ConfigError(
+            f"SYNC_OVERLAP_SECONDS must be at least INGEST_DEADLINE_SECONDS + {ROW_VISIBLE_MARGIN_SECONDS} "
+            f"({least:g}): a row can become visible that long after its loaded_at, and the sync must re-read it"
+        )
     if settings.max_columns_per_table > MAX_COLUMN_BUDGET:
         raise ConfigError(
             f"MAX_COLUMNS_PER_TABLE must be at most {MAX_COLUMN_BUDGET}: users_state holds two columns per trait "

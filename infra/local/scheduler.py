@@ -56,13 +56,17 @@ def request_body(spaces: Sequence[str] | None) -> dict[str, object]:
 
 
 def summarize(body: str) -> str:
-    """One short line: per space of a sync summary, its status and row counts; else the body, cut."""
+    """One short line: per space of a sync summary, its status and each table's row counts; else the body, cut."""
     try:
         spaces = json.loads(body)["spaces"]
         return (
             "; ".join(
                 f"{s['space']} {s['status']}"
-                + "".join(f" {k.removeprefix('users_')}={s[k]}" for k in ("users_inserted", "users_updated") if k in s)
+                + "".join(
+                    f" {name}: inserted={t['rows_inserted']} updated={t['rows_updated']}"
+                    for name, t in (s.get("tables") or {}).items()
+                    if t.get("status") != "skipped"
+                )
                 + (f" error={s['error']}" if s.get("error") else "")
                 for s in spaces
             )[:LOG_BODY_CHARS]

@@ -32,6 +32,10 @@ CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
 # Shifts every port of the test stacks, so that two checkouts (or two developers' worktrees) can run the
 # integration suite at once on one machine. 0 in CI.
 PORT_OFFSET = int(os.environ.get("PERSONAS_TEST_PORT_OFFSET") or 0)
+# The shortest overlap settings accept (a row can become visible up to the ingest deadline plus a margin
+# after its loaded_at): runs a few seconds apart re-read each other's rows, as they do in production.
+SYNC_ENV = {"SYNC_OVERLAP_SECONDS": "80"}  # INGEST_DEADLINE_SECONDS: its default, 50
+OVERLAP_SECONDS = 80
 TEST_CONFIG = StackConfig(
     topic="personas-calls-test",
     subscription="personas-calls-test-ingest",
@@ -40,7 +44,7 @@ TEST_CONFIG = StackConfig(
     bigquery_grpc_port=19060 + PORT_OFFSET,
     ingest_port=18080 + PORT_OFFSET,
     sync_port=18081 + PORT_OFFSET,
-    function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", "SYNC_OVERLAP_SECONDS": "0"},
+    function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", **SYNC_ENV},
 )
 
 # The same stack with the functions writing through the Storage Write API, on ports of its own.
@@ -149,7 +153,7 @@ def identify(user: str | None, message_id: str, timestamp: str, **traits: Any) -
 def sync_cli(stack: Stack, space: str, config: str | None = None, tmp_path: Path | None = None) -> dict[str, Any]:
     """The users sync of one space by its command line, from the staged source (the HTTP one would
     sync every test's space). `config` is a personas.yaml text for selective sync."""
-    env = {"PATH": "/usr/bin:/bin", **stack.config.exports(), "SYNC_OVERLAP_SECONDS": "0"}
+    env = {"PATH": "/usr/bin:/bin", **stack.config.exports(), **SYNC_ENV}
     if config is not None:
         assert tmp_path is not None
         path = tmp_path / "personas.yaml"

@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from google.cloud import bigquery
 
 from infra.local.stack import Stack
-from tests.integration.conftest import identify, query, sync_cli, wait_rows
+from tests.integration.conftest import OVERLAP_SECONDS, identify, query, sync_cli, wait_rows
 
 pytestmark = pytest.mark.integration
 P = "personas-local"
@@ -49,9 +50,10 @@ def test_out_of_order_duplicates_and_anonymous(
 
     status, summary = sync(stack, spaces=[space])
     assert status == 200
-    [result] = summary["spaces"]
+    [space_result] = summary["spaces"]
+    result = space_result["tables"]["users"]
     # Rows read: u1's three (the duplicate copy too); the anonymous call is never read.
-    assert (result["status"], result["users_inserted"], result["identify_rows_read"]) == ("success", 1, 3)
+    assert (space_result["status"], result["rows_inserted"], result["source_rows_read"]) == ("success", 1, 3)
     assert users(bq, space) == {
         "u1": {
             "id": "u1",
@@ -61,15 +63,15 @@ def test_out_of_order_duplicates_and_anonymous(
         }
     }
     history = query(bq, f"SELECT * FROM `{P}.personas__ops.sync_history` WHERE run_id = @r", r=summary["run_id"])
-    assert [(h["space"], h["status"], h["users_inserted"]) for h in history] == [(space, "success", 1)]
+    assert [(h["space"], h["table_name"], h["status"], h["rows_inserted"]) for h in history] == [
+        (space, "users", "success", 1)
+    ]
 
 
 def test_trait_added_between_runs_and_incremental_watermark(
     stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
 ) -> None:
     publish(identify("u2", "a2", "2026-11-01T10:00:00Z", first_time_shopper=False), space=space)
-    wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
-    # u1 loads last, so the first run's watermark (its newest loaded_at, inclusive) touches only u1.
     publish(identify("u1", "a1", "2026-11-01T10:00:00Z", first_time_shopper=True), space=space)
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 2)
     _, first = sync(stack, spaces=[space])
@@ -79,12 +81,17 @@ def test_trait_added_between_runs_and_incremental_watermark(
     got = users(bq, space)
     assert (got["u1"]["first_time_shopper"], got["u1"]["total_revenue_180_days"]) == (True, 450.0)
     assert (got["u2"]["first_time_shopper"], got["u2"]["total_revenue_180_days"]) == (False, None)
-    [a], [b] = first["spaces"], second["spaces"]
+    a, b = first["spaces"][0]["tables"]["users"], second["spaces"][0]["tables"]["users"]
     assert a["watermark_from"] is None and a["mode"] == "full"  # a space's first run rebuilds, and says so
-    assert b["watermark_from"] == a["watermark_to"] and b["mode"] == "incremental"
-    assert (b["users_inserted"], b["users_updated"], b["identify_rows_read"]) == (0, 1, 2)  # only u1 recomputed
+    # The second run starts SYNC_OVERLAP_SECONDS before the first one's end, so it reads its rows again.
+    assert stamp(b["watermark_from"]) == stamp(a["watermark_to"]) - timedelta(seconds=OVERLAP_SECONDS)
+    assert b["mode"] == "incremental" and b["source_rows_read"] == 3 and b["rows_inserted"] == 0
     _, full = sync(stack, spaces=[space], full=True)
-    assert full["spaces"][0]["mode"] == "full" and users(bq, space) == got
+    assert full["spaces"][0]["tables"]["users"]["mode"] == "full" and users(bq, space) == got
+
+
+def stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def test_selective_sync_switched_off_and_on(
@@ -93,7 +100,7 @@ def test_selective_sync_switched_off_and_on(
     off = f"spaces:\n  {space}:\n    disabled_columns:\n      users: [vip]\n"
     publish(identify("u1", "v1", "2026-11-01T10:00:00Z", vip=True, level=1), space=space)
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 1)
-    assert sync_cli(stack, space, off, tmp_path)["spaces"][0]["status"] == "success"
+    assert sync_cli(stack, space, off, tmp_path)["spaces"][0]["tables"]["users"]["status"] == "success"
     assert "vip" not in users(bq, space)["u1"] and users(bq, space)["u1"]["level"] == 1
     sync_cli(stack, space)  # switched on
     assert users(bq, space)["u1"]["vip"] is True
@@ -163,8 +170,9 @@ def test_overlapping_runs_leave_users_and_watermark_right(
     publish(identify("u0", "o6", "2026-11-01T11:00:00Z", level=60), space=space)
     wait_rows(bq, f"SELECT id FROM `{P}.personas_{space}.identifies`", 7)
     _, after = sync(stack, spaces=[space])
-    marks = [r["spaces"][0]["watermark_to"] for _, r in results]
-    assert after["spaces"][0]["watermark_from"] == max(marks)
+    marks = [stamp(r["spaces"][0]["tables"]["users"]["watermark_to"]) for _, r in results]
+    since = stamp(after["spaces"][0]["tables"]["users"]["watermark_from"])
+    assert since == max(marks) - timedelta(seconds=OVERLAP_SECONDS)
     assert users(bq, space)["u0"]["level"] == 60 and len(users(bq, space)) == 3
 
 
@@ -193,6 +201,6 @@ def test_a_users_column_of_another_type_makes_the_run_partial(
     )
     status, summary = sync(stack, spaces=[space])
     [result] = summary["spaces"]
-    assert (status, result["status"]) == (200, "partial")
+    assert (status, result["status"], result["tables"]["users"]["status"]) == (200, "partial", "partial")
     assert "score" in result["error"]
     assert users(bq, space)["u1"]["kept"] is True and users(bq, space)["u1"]["score"] is None

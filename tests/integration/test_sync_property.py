@@ -1,5 +1,6 @@
 """Property: incremental syncs over random, shuffled, duplicated call sequences always equal a full
-rebuild and the oracle (newest non-null value per column by timestamp, received_at, id).
+rebuild and the oracle (per column the value of the newest call that has one, calls ordered by
+timestamp, then the messageId's fingerprint; received_at of the newest call's first copy).
 
 Calls go through the real ingest core and Warehouse adapter in this process (not Pub/Sub, for
 speed) into the stack's bqemulator; the sync is the real run_sync."""
@@ -15,6 +16,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from bqemulator.sql.builtin_udfs import bqemu_farm_fingerprint  # FarmHash Fingerprint64, as BigQuery's
 from google.cloud import bigquery
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -22,6 +24,8 @@ from hypothesis import strategies as st
 from infra.local.stack import Stack
 from personas_warehouse import sql
 from personas_warehouse.bigquery import Warehouse
+from personas_warehouse.derived import users as users_table
+from personas_warehouse.derived.frame import Keys, Window
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
@@ -46,18 +50,23 @@ calls = st.lists(
 )
 
 
+def rank(call: dict[str, Any]) -> tuple[datetime, int]:
+    """sql.KEY's order: the timestamp, then the messageId's fingerprint (its sign bit cleared)."""
+    return datetime.fromisoformat(call["timestamp"]), (bqemu_farm_fingerprint(call["messageId"]) or 0) & (2**63 - 1)
+
+
 def oracle(sent: list[tuple[dict[str, Any], datetime]]) -> dict[str, dict[str, Any]]:
-    first_copy: dict[str, tuple[dict[str, Any], datetime]] = {}
-    for call, received in sent:
-        first_copy.setdefault(call["messageId"], (call, received))
+    """users by its definition, from every copy of every call sent."""
     users: dict[str, dict[str, Any]] = {}
-    ordered = sorted(first_copy.values(), key=lambda cr: (cr[0]["timestamp"], cr[1], cr[0]["messageId"]))
-    for call, received in ordered:
-        if "userId" not in call:
-            continue
-        user = users.setdefault(call["userId"], {})
-        user["received_at"] = received  # of the newest call
-        user.update({k: v for k, v in call["traits"].items() if v is not None})
+    for user in {c["userId"] for c, _ in sent if "userId" in c}:
+        calls = [(c, r) for c, r in sent if c.get("userId") == user]
+        newest = max(calls, key=lambda cr: rank(cr[0]))[0]
+        row: dict[str, Any] = {"received_at": min(r for c, r in calls if c["messageId"] == newest["messageId"])}
+        for key in {k for c, _ in calls for k in c["traits"]}:
+            carrying = [c for c, _ in calls if c["traits"].get(key) is not None]
+            if carrying:
+                row[key] = max(carrying, key=rank)["traits"][key]
+        users[user] = row
     return users
 
 
@@ -68,10 +77,8 @@ OUT_OF_ORDER = [
     {"user": None, "minute": 3, "traits": {"a": True}},
 ]
 
-# Found by this property in CI (2026-11-29): u3's call m0 lands in the first sync; the second sync's window
-# holds m2 (same timestamp, received later: the newer call) and a late copy of m0 (received last). Ordered
-# by their received_at in the window, m0's copy came out newest and matched the state's key, so m2 was
-# missed. The window rows alone cannot order calls of one timestamp when a first copy is outside it.
+# Found by this property in CI (2026-11-29), when ties were ordered by arrival: u3's call m0 lands in the
+# first sync; the second sync's window holds m2 (same timestamp) and a late copy of m0 (received last).
 LATE_COPY_BESIDE_A_TIE = [
     {"user": "u3", "minute": 4, "traits": {"c": "x"}},
     {"user": "u1", "minute": 0, "traits": {}},  # loaded last in the first sync: m0 is outside the next window
@@ -107,10 +114,12 @@ def test_incremental_sync_equals_full_rebuild(
 ) -> None:
     """`narrow` shrinks the query-length limit so that every column gets a MERGE of its own, as the
     widest tables do at BigQuery's 1,024K-character limit."""
-    project, dataset, one = stack.config.project, "personas_prop_00_000000", sql.synced(["a"])
+    project, dataset, one = stack.config.project, "personas_prop_00_000000", users_table.synced(["a"])
+    keys, window = Keys(tuple(range(0, 8000, 2)), 10_000), Window(BASE, BASE)  # the longest a chunk can be
     widest = (
-        sql.fold_sql(project, dataset, one),
-        sql.rebuild_sql(project, dataset, one, listed=True, clear_flag=True),
+        users_table.fold_sql(project, dataset, one, keys, window),
+        users_table.rebuild_sql(project, dataset, one, 0, keys, window),
+        users_table.history_sql(project, dataset, one, keys, window),
     )
     limit = max(map(len, widest)) + 40 if narrow else sql.MAX_QUERY_CHARS
     with mock.patch.object(sql, "MAX_QUERY_CHARS", limit):
@@ -151,7 +160,9 @@ def _check_incremental_equals_full(
 
     def users() -> dict[str, dict[str, Any]]:
         rows = query(bq, f"SELECT * FROM `{stack.config.project}.personas_{space}.users`")
-        return {r.pop("id"): {k: v for k, v in r.items() if v is not None} for r in rows}
+        found = {r.pop("id"): {k: v for k, v in r.items() if v is not None} for r in rows}
+        assert len(found) == len(rows), "one row per user"
+        return found
 
     incremental = users()
     assert incremental == oracle(sent)

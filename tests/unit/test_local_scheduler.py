@@ -123,11 +123,16 @@ def test_log_lines_summarize_the_sync_answer() -> None:
     answer = {
         "run_id": "r",
         "spaces": [
-            {"space": "a", "status": "success", "users_inserted": 2, "users_updated": 1, "error": None},
+            {
+                "space": "a",
+                "status": "success",
+                "error": None,
+                "tables": {"users": {"status": "success", "rows_inserted": 2, "rows_updated": 1}},
+            },
             {"space": "b", "status": "failure", "error": "boom"},
         ],
     }
-    assert summarize(json.dumps(answer)) == "a success inserted=2 updated=1; b failure error=boom"
+    assert summarize(json.dumps(answer)) == "a success users: inserted=2 updated=1; b failure error=boom"
     assert summarize('{"spaces": []}') == "no spaces"
     assert summarize("<html>\n  Bad   Gateway</html>") == "<html> Bad Gateway</html>"
     assert summarize('{"spaces": ["x"]}') == '{"spaces": ["x"]}'

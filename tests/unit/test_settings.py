@@ -94,7 +94,7 @@ def test_every_variable_is_read() -> None:
         "MAX_REJECTED_DATA_BYTES": "100",
         "MAX_COLUMNS_PER_TABLE": "50",
         "INGEST_DEADLINE_SECONDS": "1.5",
-        "SYNC_OVERLAP_SECONDS": "0",
+        "SYNC_OVERLAP_SECONDS": "32",
         "UNRELATED": "ignored",
     }
     assert load_settings(env) == Settings(
@@ -107,7 +107,7 @@ def test_every_variable_is_read() -> None:
         max_rejected_data_bytes=100,
         max_columns_per_table=50,
         ingest_deadline_seconds=1.5,
-        sync_overlap_seconds=0,
+        sync_overlap_seconds=32,
     )
 
 
@@ -198,6 +198,29 @@ def test_bad_ops_dataset(dataset: str) -> None:
 @pytest.mark.parametrize("dataset", ["personas__ops", "ops", "personas_", "Personas_X", "personasx", "a" * 1024])
 def test_good_ops_dataset(dataset: str) -> None:
     assert load_settings({"OPS_DATASET": dataset}).ops_dataset == dataset
+
+
+@pytest.mark.parametrize(
+    ("deadline", "overlap", "ok"),
+    [
+        ("50", "120", True),
+        ("50", "80", True),
+        ("50", "79", False),
+        ("1", "31", True),
+        ("1", "30", False),
+        ("90", "", True),
+        ("91", "", False),
+    ],
+)
+def test_the_overlap_covers_the_latest_a_row_can_become_visible(deadline: str, overlap: str, ok: bool) -> None:
+    """A row is stamped loaded_at before its write, which may take the whole ingest deadline: a sync window
+    that re-reads less than that (plus a margin) could pass over it for good."""
+    env = {"INGEST_DEADLINE_SECONDS": deadline, "SYNC_OVERLAP_SECONDS": overlap}
+    if ok:
+        assert load_settings(env).sync_overlap_seconds == int(overlap or 120)
+    else:
+        with pytest.raises(ConfigError, match=r"^SYNC_OVERLAP_SECONDS must be at least INGEST_DEADLINE_SECONDS \+ 30"):
+            load_settings(env)
 
 
 def test_nan_deadline_is_refused() -> None:

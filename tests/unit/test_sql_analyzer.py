@@ -11,6 +11,7 @@ awkward keys (SQL keywords, one-letter keys, the aliases the SQL itself uses, 30
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,7 @@ from google.cloud import bigquery
 
 from personas_warehouse import naming, sql, sync
 from personas_warehouse.bigquery import Deadline, Warehouse
+from personas_warehouse.derived import DERIVED, users
 from personas_warehouse.settings import Settings, SpaceConfig
 from schemas.tables import spec, table_specs
 from tests import sqlcheck
@@ -37,11 +39,10 @@ PLAUSIBLE = {
     "FLOAT64": 1.0,
     "BOOL": True,
     "TIMESTAMP": datetime(2026, 3, 1, 9, tzinfo=UTC),
-    "ARRAY": ["u1"],  # user ids (touched by new rows, flagged for a rebuild): every branch of the sync runs
+    "ARRAY": [1],  # partitions touched by new rows: every branch of the sync runs
 }
-# Answers to the SELECTs the sync sends, by column name (users_state partitions, user ids, ...).
-CANNED = {"rows_read": 1, "touched": [1], "ids": ["u1"], "watermark_to": PLAUSIBLE["TIMESTAMP"]}
-CANNED["mark"] = PLAUSIBLE["TIMESTAMP"]
+# Answers to the window queries the sync sends, by column name.
+CANNED = {"rows_read": 1, "touched": [1, 2, 3, 9]}
 _KEYWORDS = """select from where order by group merge using when matched then update set insert values on as window
 partition rows range struct array timestamp current_date current_timestamp all and any asc at between case cast
 collate create cross cube default define desc distinct else end enum escape except exclude exists extract false
@@ -103,10 +104,18 @@ class RecordingBigQuery(FakeBigQuery):
     """FakeBigQuery that keeps every statement sent, so the test does not depend on how sql.py and
     sync.py build them, only on SQL going through `client.query` and views through `create_table`."""
 
-    def __init__(self, analyzer: sqlcheck.Analyzer, project: str = PROJECT, *, canned: bool = False) -> None:
+    def __init__(
+        self,
+        analyzer: sqlcheck.Analyzer,
+        project: str = PROJECT,
+        *,
+        canned: bool = False,
+        previous: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(project)
         self.analyzer = analyzer
         self.canned = canned  # answer SELECTs with CANNED instead of analyzing them (huge catalogs are slow)
+        self.previous = previous or []  # the answer to the query for the last successful runs
         self.statements: list[Statement] = []
 
     def catalog(self) -> sqlcheck.Catalog:
@@ -127,7 +136,10 @@ class RecordingBigQuery(FakeBigQuery):
         statement = Statement(sql, _params(job_config), self.catalog(), "query")
         self.statements.append(statement)
         rows: list[dict[str, Any]] = []
-        if re.match(r"\s*(SELECT|WITH|\()", sql, re.I) and self.canned:
+        if re.match(r"\s*SELECT", sql, re.I) and "sync_history" in sql:
+            statement.analyze(self.analyzer)
+            rows = self.previous
+        elif re.match(r"\s*(SELECT|WITH|\()", sql, re.I) and self.canned:
             rows = [CANNED]
         elif re.match(r"\s*(SELECT|WITH|\()", sql, re.I):  # only queries return rows; DML is analyzed later
             columns = statement.analyze(self.analyzer).columns
@@ -177,6 +189,7 @@ class Scenario:
     project: str = PROJECT
     expect: Mapping[str, str] = field(default_factory=dict)  # slug -> status other than success
     canned: bool = False  # see RecordingBigQuery
+    skipped: Mapping[str, list[str]] = field(default_factory=dict)  # slug -> columns the last run left out
 
     def __str__(self) -> str:
         return self.name
@@ -186,6 +199,13 @@ HALF = dict(list(TRAITS.items())[::2])
 SCENARIOS = [
     Scenario("first_run", {"default": TRAITS}),
     Scenario("incremental_new_traits", {"default": TRAITS}, history=True, users={"default": HALF}),
+    Scenario(
+        "switched_back_on",
+        {"default": TRAITS},
+        history=True,
+        users={"default": TRAITS},
+        skipped={"default": list(HALF)},
+    ),
     Scenario("full", {"default": TRAITS}, history=True, users={"default": TRAITS}, full=True),
     Scenario(
         "disabled_columns",
@@ -224,7 +244,19 @@ SCENARIOS = [
 
 def run(scenario: Scenario, analyzer: sqlcheck.Analyzer) -> tuple[RecordingBigQuery, dict[str, Any]]:
     """Lay out the warehouse through the project's own Warehouse (capturing its views), then sync."""
-    client = RecordingBigQuery(analyzer, scenario.project, canned=scenario.canned)
+    previous = [
+        {
+            "space": slug,
+            "table_name": derived.name,
+            "layout": derived.layout,
+            "watermark_to": PLAUSIBLE["TIMESTAMP"],
+            "skipped_columns": json.dumps(scenario.skipped.get(slug, [])),
+        }
+        for slug in scenario.spaces
+        for derived in DERIVED
+        if scenario.history
+    ]
+    client = RecordingBigQuery(analyzer, scenario.project, canned=scenario.canned, previous=previous)
     setup = Warehouse(client)  # type: ignore[arg-type]
     deadline = Deadline(600)
     ops = scenario.settings.ops_dataset
@@ -301,26 +333,41 @@ def test_statements_fit_bigquery_query_length_at_the_column_budget(analyzer: sql
     room = settings.max_columns_per_table - len(spec("identifies").columns)
     traits = sqlcheck.trait_columns({f"trait {i:05d} " + "k" * 400: TYPES[i % len(TYPES)] for i in range(room)})
     assert len(traits) == room and {len(name) for name in traits} == {naming.MAX_COLUMN_LENGTH}
-    client, _ = run(Scenario("budget", {"default": traits}, settings, history=True, canned=True), analyzer)
-    longest = max(len(s.sql) for s in client.statements)
-    assert longest <= sqlcheck.BIGQUERY_MAX_QUERY_CHARS, f"longest statement: {longest:,} characters"
-    # Fold, backfill of the new columns, rebuild of flagged users: each split into several MERGEs.
-    # (Analyzing a 1M-character MERGE takes half a minute; the split ones are analyzed narrow below.)
-    kinds = Counter(
-        "fold" if "@touched" in s.sql else "rebuild flagged" if "@rebuild_users" in s.sql else "backfill"
-        for s in client.statements
-        if s.sql.startswith("MERGE")
+    incremental = Scenario(
+        "budget", {"default": traits}, settings, history=True, canned=True, skipped={"default": list(traits)}
     )
-    assert set(kinds) == {"fold", "rebuild flagged", "backfill"} and min(kinds.values()) > 1, kinds
+    full = Scenario("budget, full", {"default": traits}, settings, history=True, canned=True, full=True)
+    kinds: Counter[str] = Counter()
+    for scenario in (incremental, full):
+        client, _ = run(scenario, analyzer)
+        longest = max(len(s.sql) for s in client.statements)
+        assert longest <= sqlcheck.BIGQUERY_MAX_QUERY_CHARS, f"longest statement: {longest:,} characters"
+        # (Analyzing a 1M-character MERGE takes half a minute; the split ones are analyzed narrow below.)
+        kinds.update(
+            "rebuild" if "ON FALSE" in s.sql else "fold" if "@since" in s.sql else "columns from history"
+            for s in client.statements
+            if s.sql.startswith("MERGE")
+        )
+    # Fold, the columns switched back on, the full rebuild: each split into several MERGEs.
+    assert set(kinds) == {"fold", "columns from history", "rebuild"} and min(kinds.values()) > 1, kinds
 
 
 def test_split_statements_pass_the_analyzer(analyzer: sqlcheck.Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same query-length split, on a limit small enough that every column gets its own MERGE."""
+    """The same query-length split, on a limit small enough that each statement holds a few columns: the
+    fold, the full rebuild (a replacing MERGE, then MERGEs filling columns in) and a backfill."""
     monkeypatch.setattr(sql, "MAX_QUERY_CHARS", 8_000)
-    client, summary = run(Scenario("narrow", {"default": HALF}, history=True, users={"default": HALF}), analyzer)
-    assert [s["status"] for s in summary["spaces"]] == [sync.SUCCESS]
-    assert list(problems(client, analyzer)) == []
-    assert sum(merges(client, analyzer).values()) > 2 * 5  # the fold and the rebuild, each split
+    narrow = {
+        "fold": Scenario("narrow", {"default": HALF}, history=True, users={"default": HALF}),
+        "rebuild": Scenario("narrow full", {"default": HALF}, history=True, users={"default": HALF}, full=True),
+        "backfill": Scenario(
+            "narrow backfill", {"default": HALF}, history=True, users={"default": HALF}, skipped={"default": list(HALF)}
+        ),
+    }
+    for kind, scenario in narrow.items():
+        client, summary = run(scenario, analyzer)
+        assert [s["status"] for s in summary["spaces"]] == [sync.SUCCESS]
+        assert list(problems(client, analyzer)) == []
+        assert sum(merges(client, analyzer).values()) > 2 * (2 if kind == "backfill" else 1), kind
 
 
 # -- the check itself can fail ----------------------------------------------------------------------
@@ -374,7 +421,7 @@ def test_bigquery_sql_the_project_may_use_is_accepted(analyzer: sqlcheck.Analyze
 
 def test_the_capture_reports_a_broken_statement(analyzer: sqlcheck.Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:
     """If sync sent a wrong statement, the scenario test would say so (the capture path is not blind)."""
-    broken = "SELECT ARRAY_AGG(id) AS ids FROM `{}.{}.users_state` WHERE nope"
-    monkeypatch.setattr(sync, "flagged_sql", lambda project, dataset: broken.format(project, dataset))
+    broken = "MERGE `{}.{}.users_state` AS _old USING (SELECT 1 AS id) AS _new ON nope WHEN MATCHED THEN DELETE"
+    monkeypatch.setattr(users, "fold_sql", lambda project, dataset, *_: broken.format(project, dataset))
     client, _ = run(SCENARIOS[1], analyzer)
     assert any("Unrecognized name: nope" in p for p in problems(client, analyzer))

@@ -1,94 +1,85 @@
-"""The users sync's flow over a fake BigQuery: which statements a run sends, and that a column new to
-users is filled from history even when the run that added it failed before doing so."""
+"""The sync's flow over a model of BigQuery (tests/sync_fakes.py): which work a run sends, and that a
+column switched back on by selective sync is filled from history even when the run that should have
+filled it failed."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from google.api_core import exceptions as gexc
-from google.cloud import bigquery
 
-from personas_warehouse import naming, sql, sync
+from personas_warehouse import naming, sync
 from personas_warehouse.bigquery import Deadline, Warehouse
-from personas_warehouse.settings import Settings
+from personas_warehouse.settings import Settings, SpaceConfig
 from schemas.tables import spec
-from tests.fakes import FakeBigQuery
+from tests.sync_fakes import ModelBigQuery
 
 DATASET = naming.space_dataset("default")
-MARK = datetime(2026, 11, 28, tzinfo=UTC)  # the last successful run's watermark
-SETTINGS = Settings(project="personas-test")
+START = datetime(2026, 11, 28, tzinfo=UTC)
+ON = Settings(project="personas-test")
+OFF = Settings(project="personas-test", spaces={"default": SpaceConfig(disabled_columns={"*": frozenset({"level"})})})
 
 
-class Client(FakeBigQuery):
-    """Answers the sync's SELECTs as if one user had new rows; can fail the backfill of new columns."""
-
-    def __init__(self) -> None:
-        super().__init__("personas-test")
-        self.sent: list[str] = []
-        self.fail_backfill = False
-
-    def query(self, text: str, job_config: bigquery.QueryJobConfig | None = None, **_: Any) -> Any:
-        self.sent.append(text)
-        backfill = text.startswith("MERGE") and f"@{sql.SINCE}" not in text and f"@{sql.REBUILD_USERS}" not in text
-        if backfill and self.fail_backfill:
-            raise gexc.InternalServerError("backend error")
-        row = {"rows_read": 1, "watermark_to": None, "touched": [7], "ids": None, "mark": None}
-        row["mark"] = MARK if "sync_history" in text else None
-        stats = SimpleNamespace(inserted_row_count=0, updated_row_count=1)
-        return SimpleNamespace(result=lambda **_: [row], dml_stats=stats)
-
-    def list_datasets(self, **_: Any) -> list[Any]:
-        return []
-
-
-def setup(client: Client, traits: dict[str, str]) -> Warehouse:
+def setup(traits: dict[str, str]) -> tuple[ModelBigQuery, Warehouse]:
+    client = ModelBigQuery("personas-test")
     warehouse = Warehouse(client)  # type: ignore[arg-type]
     deadline = Deadline(60)
     warehouse.ensure_table(DATASET, "identifies", spec("identifies"), deadline)
     warehouse.add_columns(DATASET, "identifies", traits, deadline)
-    warehouse.ensure_table(SETTINGS.ops_dataset, "sync_history", spec("sync_history"), deadline)
-    return warehouse
+    client.add_rows(DATASET, "identifies", [(7, START - timedelta(hours=1))])
+    return client, warehouse
 
 
-def backfills(client: Client) -> list[str]:
-    return [t for t in client.sent if t.startswith("MERGE") and "@since" not in t and "@rebuild_users" not in t]
+def run(warehouse: Warehouse, settings: Settings, minutes: int) -> dict[str, object]:
+    [space] = sync.run_sync(warehouse, settings, spaces=["default"], now=lambda: START + timedelta(minutes=minutes))[
+        "spaces"
+    ]
+    return space["tables"]["users"]  # type: ignore[no-any-return]
 
 
-def test_a_new_column_is_filled_from_history_even_after_a_failed_run() -> None:
-    client = Client()
-    warehouse = setup(client, {"vip": "BOOL"})
-    sync.run_sync(warehouse, SETTINGS, full=True, spaces=["default"])  # users_state and the view exist
-    warehouse.add_columns(DATASET, "identifies", {"level": "INT64"}, Deadline(60))  # a new trait appears
+def backfills(client: ModelBigQuery) -> list[str]:
+    return [text for text, _ in client.dml if "`level` IS NOT NULL" in text]
 
-    client.fail_backfill, client.sent = True, []
-    [failed] = sync.run_sync(warehouse, SETTINGS, spaces=["default"])["spaces"]
+
+def test_a_column_switched_back_on_is_filled_from_history_even_after_a_failed_run() -> None:
+    client, warehouse = setup({"vip": "BOOL", "level": "INT64"})
+    assert run(warehouse, OFF, 0)["skipped_columns"] == '["level"]'  # first run: full, level left out
+
+    client.dml.clear()
+    client.fail = lambda text: gexc.InternalServerError("backend error") if "`level` IS NOT NULL" in text else None
+    failed = run(warehouse, ON, 1)
     assert failed["status"] == sync.FAILURE and len(backfills(client)) == 1
-    view = client.tables[f"personas-test.{DATASET}.users"]
-    assert f"`{naming.asof_column('level')}`" not in (view.view_query or "")  # still pending
 
-    client.fail_backfill, client.sent = False, []
-    [done] = sync.run_sync(warehouse, SETTINGS, spaces=["default"])["spaces"]
-    assert done["status"] == sync.SUCCESS
+    client.dml.clear()
+    client.fail = lambda text: None
+    done = run(warehouse, ON, 2)
+    assert done["status"] == sync.SUCCESS and done["skipped_columns"] == "[]"
     [backfill] = backfills(client)
-    assert "`level`" in backfill and "`vip`" not in backfill  # only the new column, from the whole history
-    assert f"`{naming.asof_column('level')}`" in client.tables[f"personas-test.{DATASET}.users"].view_query
+    assert "`level`" in backfill and "`vip`" not in backfill  # only that column, from the whole history
+    assert "@since" not in backfill
 
-    client.sent = []
-    sync.run_sync(warehouse, SETTINGS, spaces=["default"])
+    client.dml.clear()
+    run(warehouse, ON, 3)
     assert backfills(client) == []  # nothing pending any more
 
 
-def test_an_idle_run_reads_only_the_window() -> None:
-    client = Client()
-    warehouse = setup(client, {"vip": "BOOL"})
-    sync.run_sync(warehouse, SETTINGS, full=True, spaces=["default"])
-    client.query = lambda text, job_config=None, **_: (  # type: ignore[method-assign]
-        client.sent.append(text)
-        or SimpleNamespace(result=lambda **_: [{"rows_read": 0, "watermark_to": None, "touched": None, "mark": MARK}])
-    )
-    client.sent = []
-    [result] = sync.run_sync(warehouse, SETTINGS, spaces=["default"])["spaces"]
-    assert result["status"] == sync.SUCCESS
-    assert not [t for t in client.sent if t.startswith("MERGE") or "_rebuild" in t]
+def test_a_column_new_to_identifies_needs_no_backfill() -> None:
+    """It can only hold values in rows loaded after the last run read the schema: the window has them."""
+    client, warehouse = setup({"vip": "BOOL"})
+    run(warehouse, ON, 0)
+    warehouse.add_columns(DATASET, "identifies", {"level": "INT64"}, Deadline(60))
+    client.add_rows(DATASET, "identifies", [(9, START + timedelta(seconds=30))])
+    client.dml.clear()
+    result = run(warehouse, ON, 1)
+    assert result["status"] == sync.SUCCESS and backfills(client) == []
+    [fold] = [text for text, _ in client.dml]
+    assert "`level`" in fold and "@since" in fold
+
+
+def test_an_idle_run_sends_no_dml_and_moves_the_watermark() -> None:
+    client, warehouse = setup({"vip": "BOOL"})
+    first = run(warehouse, ON, 0)
+    client.dml.clear()
+    idle = run(warehouse, ON, 1)
+    assert idle["status"] == sync.SUCCESS and idle["mode"] == "incremental" and client.dml == []
+    assert idle["watermark_to"] > first["watermark_to"]  # type: ignore[operator]

@@ -1,0 +1,13 @@
+"""The tables the scheduled sync derives from the calls, each a module here on one frame (frame.py).
+
+Adding one means a module with a `plan` (its SQL), an entry in schemas/tables.json (with "buckets"),
+and a line below; the frame's guarantees (window, keys, partition budget, history) and the tests that
+hold every derived table to them then cover it.
+"""
+
+from __future__ import annotations
+
+from personas_warehouse.derived.frame import Derived
+from personas_warehouse.derived.users import USERS
+
+DERIVED: tuple[Derived, ...] = (USERS,)
