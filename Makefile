@@ -26,7 +26,7 @@ stage:
 	find $(STAGE) -name __pycache__ -prune -exec rm -rf {} +
 
 demo: venv stage
-	$(PY) -m infra.local.stack demo
+	$(PY) -m infra.local.demo
 
 up: venv stage
 	$(PY) -m infra.local.stack up

@@ -1,11 +1,15 @@
-"""`make demo`: publish the seed's Personas calls to the Pub/Sub emulator, let the push subscription
-deliver them to the ingest function, run the users sync, and print the tables in the seed's shape."""
+"""`make demo` (`python -m infra.local.demo`): start the local stack, publish the seed's Personas calls to the
+Pub/Sub emulator, let the push subscription deliver them to the ingest function, run the users sync, print
+the tables in the seed's shape, and stop the stack."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from infra.local.stack import Stack
+from infra.local.stack import Stack, StackConfig, running
 from infra.publish import publish_file
 
 SAMPLES = Path(__file__).with_name("sample_calls.jsonl")
@@ -137,3 +141,19 @@ def run_demo(stack: Stack) -> int:
     )
     print("\ndemo OK" if ok else "\ndemo FAILED: users table is not as the seed describes")
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.demo", description=__doc__)
+    parser.parse_args(argv)
+    try:
+        config = StackConfig.from_env()
+    except ValueError as error:  # a malformed port in the environment
+        parser.error(str(error))
+    # The demo runs one sync itself and prints its summary: a scheduled sync would make that output vary.
+    with running(replace(config, sync_every_seconds=0)) as stack:
+        return run_demo(stack)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

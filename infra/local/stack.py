@@ -1,8 +1,8 @@
 """The local stack: Google's Pub/Sub emulator, bqemulator, and the functions under functions-framework,
 run from the staged deployable source (build/function), wired like production (a push subscription
 to the ingest function), and, for `make up`, a stand-in for Cloud Scheduler that POSTs to the sync
-function every SYNC_EVERY_SECONDS (infra/local/scheduler.py). Used by `make up|down|demo` and by the
-integration tests.
+function every SYNC_EVERY_SECONDS (infra/local/scheduler.py). Used by `make up|down` (this module's
+command line), `make demo` (infra/local/demo.py) and the integration tests.
 
 Every process is started in its own process group and stopped by that group's id, never by name.
 """
@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -396,7 +396,7 @@ def _print_exports(config: StackConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "demo"])
+    parser.add_argument("command", choices=["up", "down"])
     args = parser.parse_args(argv)
     try:
         config = StackConfig.from_env()
@@ -408,15 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         print("local stack is up (`make down` stops it); logs in .stack/logs/\n")
         _print_exports(config)
         return 0
-    if args.command == "down":
-        Stack(config).stop()
-        print("local stack stopped")
-        return 0
-    from infra.local.demo import run_demo
-
-    # The demo runs one sync itself and prints its summary: a scheduled sync would make that output vary.
-    with running(replace(config, sync_every_seconds=0)) as stack:
-        return run_demo(stack)
+    Stack(config).stop()
+    print("local stack stopped")
+    return 0
 
 
 if __name__ == "__main__":
