@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -13,8 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from infra.local.stack import Stack, StackConfig, running
@@ -23,14 +22,6 @@ from infra.publish import publish_file
 SAMPLES = Path(__file__).with_name("sample_calls.jsonl")
 MALFORMED = b'{"type": "identify", "userId": "u123", "traits": {'
 SPACE = "personas_default"
-
-
-def bigquery_client(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(
-        project=stack.config.project,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options=ClientOptions(api_endpoint=stack.config.bigquery_url),
-    )
 
 
 def rows(client: bigquery.Client, sql: str) -> list[dict[str, Any]]:
@@ -74,12 +65,11 @@ def _fmt(value: Any) -> str:
 def run_demo(stack: Stack) -> int:
     config = stack.config
     project = config.project
+    os.environ["PUBSUB_EMULATOR_HOST"] = config.pubsub_host  # infra.publish's client finds the emulator by it
     summary = publish_file(SAMPLES, project=project, topic=config.topic)
     print(f"published {summary.messages} sample calls from {SAMPLES.name}, plus one malformed message")
-    from google.cloud import pubsub_v1
-
-    pubsub_v1.PublisherClient().publish(f"projects/{project}/topics/{config.topic}", MALFORMED).result()
-    client = bigquery_client(stack)
+    config.publisher().publish(f"projects/{project}/topics/{config.topic}", MALFORMED).result()
+    client = config.bigquery_client()
     wait_for(
         client,
         project,
