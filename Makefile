@@ -26,7 +26,7 @@ stage:
 	find $(STAGE) -name __pycache__ -prune -exec rm -rf {} +
 
 demo: venv stage
-	$(PY) -m infra.local.stack demo
+	$(PY) -m infra.local.demo
 
 up: venv stage
 	$(PY) -m infra.local.stack up
@@ -40,7 +40,7 @@ test: venv stage
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-# The fault tests (tests/faults, not in `make test`): each starts its own stack (ports 28080-29470), injects
+# The fault tests (tests/faults, not in `make test`): each starts its own stack (ports 28050-28485), injects
 # one fault mid-stream, then reconciles and compares users with a full rebuild. About 3 minutes.
 faults: venv stage
 	$(PY) -m pytest -q -s tests/faults
@@ -73,8 +73,9 @@ docs: venv
 bench: venv stage
 	PYTHONPATH=functions:. $(PY) -m tests.bench $(BENCH_FLAGS)
 
-# 20,000 single-call messages through the Pub/Sub emulator's push on a stack of its own (ports 48085,
-# 49050, 49060, 48080, 48081), then infra.ops.reconcile; writes docs/load.md. A few minutes.
+# 20,000 single-call messages through the Pub/Sub emulator's push on a stack of its own (ports 24050-24085),
+# then infra.ops.reconcile; writes docs/load.md. A few minutes.
+# The stacks of test, faults, bench and load move by PERSONAS_TEST_PORT_OFFSET (two checkouts at once).
 load: venv stage
 	$(PY) -m infra.local.load
 

@@ -1,32 +1,27 @@
-"""`make demo`: publish the seed's Personas calls to the Pub/Sub emulator, let the push subscription
-deliver them to the ingest function, run the users sync, and print the tables in the seed's shape."""
+"""`make demo` (`python -m infra.local.demo`): start the local stack, publish the seed's Personas calls to the
+Pub/Sub emulator, let the push subscription deliver them to the ingest function, run the users sync, print
+the tables in the seed's shape, and stop the stack."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from infra.local.stack import Stack
+from infra.local.stack import Stack, StackConfig, running
 from infra.publish import publish_file
 
 SAMPLES = Path(__file__).with_name("sample_calls.jsonl")
 MALFORMED = b'{"type": "identify", "userId": "u123", "traits": {'
 SPACE = "personas_default"
-
-
-def bigquery_client(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(
-        project=stack.config.project,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options=ClientOptions(api_endpoint=stack.config.bigquery_url),
-    )
 
 
 def rows(client: bigquery.Client, sql: str) -> list[dict[str, Any]]:
@@ -70,12 +65,11 @@ def _fmt(value: Any) -> str:
 def run_demo(stack: Stack) -> int:
     config = stack.config
     project = config.project
+    os.environ["PUBSUB_EMULATOR_HOST"] = config.pubsub_host  # infra.publish's client finds the emulator by it
     summary = publish_file(SAMPLES, project=project, topic=config.topic)
     print(f"published {summary.messages} sample calls from {SAMPLES.name}, plus one malformed message")
-    from google.cloud import pubsub_v1
-
-    pubsub_v1.PublisherClient().publish(f"projects/{project}/topics/{config.topic}", MALFORMED).result()
-    client = bigquery_client(stack)
+    config.publisher().publish(f"projects/{project}/topics/{config.topic}", MALFORMED).result()
+    client = config.bigquery_client()
     wait_for(
         client,
         project,
@@ -137,3 +131,19 @@ def run_demo(stack: Stack) -> int:
     )
     print("\ndemo OK" if ok else "\ndemo FAILED: users table is not as the seed describes")
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.demo", description=__doc__)
+    parser.parse_args(argv)
+    try:
+        config = StackConfig.from_env()
+    except ValueError as error:  # a malformed port in the environment
+        parser.error(str(error))
+    # The demo runs one sync itself and prints its summary: a scheduled sync would make that output vary.
+    with running(replace(config, sync_every_seconds=0)) as stack:
+        return run_demo(stack)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

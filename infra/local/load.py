@@ -6,9 +6,9 @@ subscription into the ingest function, then prove with the operator's own comman
     make load
 
 It starts its own stack on spare ports below Linux's ephemeral range (24085, 24050, 24060, 24080,
-24081; the users sync scheduler is off), so it neither needs nor disturbs `make up` or the integration
-tests, and stops every process it started, whatever happens. What it publishes, round-robin over
-four spaces (the `space` attribute):
+24081, plus PERSONAS_TEST_PORT_OFFSET; the users sync scheduler is off), so it neither needs nor disturbs
+`make up` or the integration tests, and stops every process it started, whatever happens. What it
+publishes, round-robin over four spaces (the `space` attribute):
 identify and track calls shaped like Personas' (audience booleans and computed traits under `traits`,
 `context.personas`, "Audience Entered" / "Audience Exited" / "Trait Computed"), and 1% malformed
 messages, half not JSON at all and half valid JSON that breaks the call schema (no userId or
@@ -53,7 +53,7 @@ EVENTS = ("Audience Entered", "Audience Exited", "Trait Computed")
 AUDIENCES = ("first_time_shopper", "cart_abandoner", "high_value", "churn_risk")
 USERS_PER_SPACE = 2_000
 POLL_SECONDS = 3.0  # each poll is a query on bqemulator, which is also what every push request writes to
-LOAD_CONFIG = StackConfig.private(24_000, "load")  # ports 24085, 24050, 24060, 24080, 24081
+LOAD_CONFIG = StackConfig.spare(24_000, "load")
 WORK = ROOT / "build" / "load"
 DOC = ROOT / "docs" / "load.md"
 COMMAND = "make load  (python -m infra.local.load)"
@@ -209,12 +209,9 @@ def expected_by_space(items: list[Published]) -> dict[str, dict[str, Any]]:
 def publish(items: list[Published], config: StackConfig, ids_path: Path) -> float:
     """Publish every message with its `space` attribute and write the ids file as `infra.publish
     --ids-file` does. Returns the seconds publishing took (until every message was confirmed)."""
-    from google.cloud import pubsub_v1
-
     from infra.publish import BATCH_SETTINGS, ids_line
 
-    os.environ["PUBSUB_EMULATOR_HOST"] = config.pubsub_host
-    publisher = pubsub_v1.PublisherClient(batch_settings=BATCH_SETTINGS)
+    publisher = config.publisher(batch_settings=BATCH_SETTINGS)
     topic = publisher.topic_path(config.project, config.topic)
     start = time.monotonic()
     try:
@@ -414,6 +411,10 @@ def summary_lines(result: Result) -> Iterator[str]:
         yield f"  problem: {problem}"
 
 
+def _ports(c: StackConfig) -> str:
+    return f"{c.pubsub_port}, {c.bigquery_port}, {c.bigquery_grpc_port}, {c.ingest_port} and {c.sync_port}"
+
+
 def write_doc(path: Path, result: Result, env: dict[str, str], when: datetime, argv: list[str]) -> None:
     flags = " ".join(argv)
     lines = [
@@ -427,8 +428,8 @@ def write_doc(path: Path, result: Result, env: dict[str, str], when: datetime, a
         "",
         *textwrap.wrap(
             f"Run {when:%Y-%m-%d %H:%M} UTC. It starts its own stack (Google's Pub/Sub emulator, bqemulator,"
-            " the ingest function under functions-framework from `build/function`) on ports 24085, 24050,"
-            " 24060, 24080 and 24081, publishes single-call messages round-robin over four spaces (the `space`"
+            " the ingest function under functions-framework from `build/function`) on ports"
+            f" {_ports(LOAD_CONFIG)}, publishes single-call messages round-robin over four spaces (the `space`"
             " attribute), alternately identify and track calls shaped like Personas' plus"
             f" {100 * result.malformed / max(result.calls, 1):g}% malformed (half not JSON, half schema"
             " violations), lets the push subscription deliver them, waits until rows plus rejections stop"
@@ -503,10 +504,9 @@ def run(args: argparse.Namespace, config: StackConfig = LOAD_CONFIG) -> Result:
     ids_path = WORK / "published.jsonl"
     shutil.rmtree(Path(config.state_dir) / "logs", ignore_errors=True)  # ours alone: logs of this run only
     with running(config):
-        from infra.ops.common import make_warehouse
+        from infra.ops.common import Warehouse
 
-        os.environ.update(config.exports())
-        reader = make_warehouse(config.project, "personas__ops")
+        reader = Warehouse(config.bigquery_client(), config.project, "personas__ops")
         print(f"stack up on {config.pubsub_host} / {config.bigquery_url}; publishing {len(items)} messages")
         started = time.monotonic()
         result.publish_seconds = publish(items, config, ids_path)

@@ -1,8 +1,9 @@
 """The local stack: Google's Pub/Sub emulator, bqemulator, and the functions under functions-framework,
 run from the staged deployable source (build/function), wired like production (a push subscription
 to the ingest function), and, for `make up`, a stand-in for Cloud Scheduler that POSTs to the sync
-function every SYNC_EVERY_SECONDS (infra/local/scheduler.py). Used by `make up|down|demo` and by the
-integration tests.
+function every SYNC_EVERY_SECONDS (infra/local/scheduler.py). Used by `make up|down` (this module's
+command line), `make demo` (infra/local/demo.py), and every suite that needs a stack of its own:
+`StackConfig.spare` lays out its ports and `StackConfig`'s client methods reach it.
 
 Every process is started in its own process group and stopped by that group's id, never by name.
 """
@@ -21,13 +22,24 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery, pubsub_v1
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "build" / "function"
 VENV_BIN = Path(sys.executable).parent
 UP_SYNC_EVERY_SECONDS = 60.0  # Cloud Scheduler's cadence (a cron fires at most once a minute)
+# Shifts the ports of every stack on spare ports, so that two checkouts (or two developers' worktrees) can run
+# their suites at once on one machine. 0 in CI.
+PORT_OFFSET_VAR = "PERSONAS_TEST_PORT_OFFSET"
+
+
+def port_offset() -> int:
+    return int(os.environ.get(PORT_OFFSET_VAR) or 0)
 
 
 @dataclass(frozen=True)
@@ -51,18 +63,22 @@ class StackConfig:
     function_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def private(cls, base: int, name: str) -> StackConfig:
-        """A stack of a tool's own (bench, load test), no scheduler: Pub/Sub on base+85, BigQuery REST and
-        gRPC on base+50 and base+60, ingest and sync on base+80 and base+81. Keep base below 32768:
-        Linux hands out 32768-60999 to client sockets, which can hold a port a stack wants."""
-        return cls(
-            pubsub_port=base + 85,
-            bigquery_port=base + 50,
-            bigquery_grpc_port=base + 60,
-            ingest_port=base + 80,
-            sync_port=base + 81,
-            state_dir=f"/tmp/personas-{name}-stack",
-        )
+    def spare(cls, base: int, name: str, **fields: Any) -> StackConfig:
+        """A stack of a suite's own (integration, faults, bench, load), no scheduler, its state in
+        build/stacks/<name>: Pub/Sub on base+85, BigQuery REST and gRPC on base+50 and base+60, ingest and
+        sync on base+80 and base+81 (base+70 and base+90 are left for a suite's extras), every port shifted
+        by PERSONAS_TEST_PORT_OFFSET. Keep base plus offset below 32768: Linux hands out 32768-60999 to
+        client sockets, which can hold a port a stack wants. `fields` set the rest (topic, function_env...)."""
+        base += port_offset()
+        ports: dict[str, Any] = {
+            "pubsub_port": base + 85,
+            "bigquery_port": base + 50,
+            "bigquery_grpc_port": base + 60,
+            "ingest_port": base + 80,
+            "sync_port": base + 81,
+            "state_dir": str(ROOT / "build" / "stacks" / name),
+        }
+        return cls(**(ports | fields))
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -117,6 +133,53 @@ class StackConfig:
             "BIGQUERY_EMULATOR_GRPC_HOST": self.bigquery_grpc_host,  # the Write API (BIGQUERY_WRITER=storage_write)
             "BIGQUERY_PROJECT": self.project,
         }
+
+    def function_environment(self) -> dict[str, str]:
+        """What the functions run with, on top of the caller's environment (`function_env` last)."""
+        env = {
+            **self.exports(),
+            "PYTHONUNBUFFERED": "1",
+            # Imports pinned to the staged copy: a file missing from the deployable unit fails.
+            "PYTHONPATH": str(STAGE),
+            # As Terraform sets it on the ingest function (its concurrency): requests in flight share writes.
+            "THREADS": "80",
+            **self.function_env,
+        }
+        env.pop("PUBSUB_EMULATOR_HOST")
+        return env
+
+    def bigquery_client(self) -> bigquery.Client:
+        """The real client, on this stack's bqemulator."""
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        return bigquery.Client(
+            project=self.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options=ClientOptions(api_endpoint=self.bigquery_url),
+        )
+
+    def publisher(self, **options: Any) -> pubsub_v1.PublisherClient:
+        """The real client (`options`: batch_settings, publisher_options), on this stack's Pub/Sub emulator
+        whatever PUBSUB_EMULATOR_HOST says: a plain-text gRPC channel to it, which is what the client builds
+        from that variable. A transport given this way is supported with or without the variable:
+        https://github.com/googleapis/python-pubsub/pull/1348"""
+        import grpc
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+        transport = PublisherGrpcTransport(channel=grpc.insecure_channel(self.pubsub_host))
+        return pubsub_v1.PublisherClient(transport=transport, **options)
+
+    def subscriber(self) -> pubsub_v1.SubscriberClient:
+        """As `publisher`, for subscriptions."""
+        import grpc
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+        transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(self.pubsub_host))
+        return pubsub_v1.SubscriberClient(transport=transport)
 
 
 class Stack:
@@ -187,16 +250,7 @@ class Stack:
                 ],
                 cwd=ROOT,
             )
-            # PYTHONPATH pins imports to the staged copy: a file missing from the deployable unit fails.
-            # THREADS as Terraform sets it on the ingest function (its concurrency): requests in flight share writes.
-            function_env = {
-                **c.exports(),
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": str(STAGE),
-                "THREADS": "80",
-                **c.function_env,
-            }
-            function_env.pop("PUBSUB_EMULATOR_HOST")
+            function_env = c.function_environment()
             for name, target, signature, port in (
                 ("ingest", "ingest", "http", c.ingest_port),
                 ("sync", "sync", "http", c.sync_port),
@@ -279,12 +333,8 @@ class Stack:
         return pid != 0
 
     def create_topic_and_push_subscription(self) -> None:
-        from google.cloud import pubsub_v1
-
         c = self.config
-        os.environ["PUBSUB_EMULATOR_HOST"] = c.pubsub_host
-        publisher = pubsub_v1.PublisherClient()
-        subscriber = pubsub_v1.SubscriberClient()
+        publisher, subscriber = c.publisher(), c.subscriber()
         topic = publisher.topic_path(c.project, c.topic)
         publisher.create_topic(name=topic)
         # No retry_policy here (Terraform sets one for real Pub/Sub). Measured 2026-11-29 with the Cloud SDK
@@ -396,7 +446,7 @@ def _print_exports(config: StackConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local.stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "demo"])
+    parser.add_argument("command", choices=["up", "down"])
     args = parser.parse_args(argv)
     try:
         config = StackConfig.from_env()
@@ -408,15 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         print("local stack is up (`make down` stops it); logs in .stack/logs/\n")
         _print_exports(config)
         return 0
-    if args.command == "down":
-        Stack(config).stop()
-        print("local stack stopped")
-        return 0
-    from infra.local.demo import run_demo
-
-    # The demo runs one sync itself and prints its summary: a scheduled sync would make that output vary.
-    with running(replace(config, sync_every_seconds=0)) as stack:
-        return run_demo(stack)
+    Stack(config).stop()
+    print("local stack stopped")
+    return 0
 
 
 if __name__ == "__main__":

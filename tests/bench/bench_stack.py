@@ -1,10 +1,10 @@
 """The ingest function as the local stack runs it, against a bare function, side by side in one run
 (sections 1, 2, 3 and 5 of docs/performance.md; `make bench` runs it).
 
-One stack of its own (`StackConfig.private(28000, "bench")`: Pub/Sub emulator, bqemulator through
+One stack of its own (`StackConfig.spare(28000, "bench")`: Pub/Sub emulator, bqemulator through
 infra/local/bqemulator_server.py, the staged function under functions-framework with THREADS=80 as in
 production) plus the bare function (tests/bench/bare_function: parse, decode, parse, 204) under
-functions-framework the same way on port 28090.
+functions-framework the same way on port 28090 (ports plus PERSONAS_TEST_PORT_OFFSET).
 
 1. Under concurrency: Pub/Sub push bodies of single-call messages POSTed over keep-alive HTTP
    connections by `concurrency` threads, to ours and to the bare function by the same generator, at
@@ -39,25 +39,21 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infra.local.stack import ROOT, STAGE, VENV_BIN, Stack, StackConfig, _port_open, running
 from tests.bench.bench_ingest import personas_identify
 
-BASE = 28_000
-BARE_PORT = BASE + 90
-BARE_DIR = Path(__file__).resolve().parent / "bare_function"
 THREADS = "80"  # production's gen2 concurrency (infra/terraform)
+CONFIG = StackConfig.spare(28_000, "bench", function_env={"THREADS": THREADS})
+BARE_PORT = CONFIG.ingest_port + 10  # base+90: left free by the stack
+BARE_DIR = Path(__file__).resolve().parent / "bare_function"
 BARE_TOPIC, BARE_SUBSCRIPTION = "bench-bare", "bench-bare-push"
 # Section 2 polls: the bare function's counter is one cheap GET; ours is a BigQuery query (a few REST
 # calls to bqemulator, which shares the CPUs with ours), so it is polled less often.
 OURS_POLL, BARE_POLL = 0.1, 0.01
-
-
-def config() -> StackConfig:
-    return replace(StackConfig.private(BASE, "bench"), function_env={"THREADS": THREADS})
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -188,11 +184,10 @@ def start_bare(stack: Stack) -> None:
 
 
 def reader(c: StackConfig) -> Any:
-    from infra.ops import common
+    from infra.ops.common import Warehouse
     from personas_warehouse.settings import Settings
 
-    os.environ["BIGQUERY_EMULATOR_HOST"] = c.bigquery_url
-    return common.make_warehouse(c.project, Settings().ops_dataset)
+    return Warehouse(c.bigquery_client(), c.project, Settings().ops_dataset)
 
 
 def missing_calls(c: StackConfig, call_ids: list[str]) -> tuple[int, list[dict[str, Any]]]:
@@ -320,11 +315,7 @@ class PushFigures:
 
 
 def bare_push_subscription(c: StackConfig) -> tuple[Any, str, str]:
-    from google.cloud import pubsub_v1
-
-    os.environ["PUBSUB_EMULATOR_HOST"] = c.pubsub_host
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
+    publisher, subscriber = c.publisher(), c.subscriber()
     bare_topic = publisher.topic_path(c.project, BARE_TOPIC)
     publisher.create_topic(name=bare_topic)
     subscriber.create_subscription(
@@ -434,9 +425,8 @@ def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
     """(seconds from spawn to the app built, to the first answer) of a fresh process, in a venv built
     like the deployment's (deployed_python)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PUBSUB_EMULATOR_HOST")}
-    if who == "ours":  # what the stack gives the function (infra/local/stack.py)
-        env |= {**c.exports(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(STAGE), **c.function_env}
-        env.pop("PUBSUB_EMULATOR_HOST")
+    if who == "ours":  # what the stack gives the function
+        env |= c.function_environment()
         argv, cwd = [who, "ingest", str(STAGE / "main.py")], STAGE
     else:
         env |= {"PYTHONPATH": str(BARE_DIR), "THREADS": THREADS}
@@ -508,7 +498,7 @@ class StackFigures:
 
 
 def measure_stack(*, messages: int = 500, push_messages: int = 100, runs: int = 3) -> StackFigures:
-    c = config()
+    c = CONFIG
     if not (STAGE / "main.py").exists():
         raise SystemExit(f"{STAGE} is missing: run `make stage` first")
     ids = Ids()

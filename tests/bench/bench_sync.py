@@ -190,7 +190,7 @@ def local_wall_times(rows: int, users: int) -> dict[str, float]:
     from infra.local.stack import StackConfig, running
     from personas_warehouse.bigquery import make_client
 
-    config = StackConfig.private(26_000, "bench-sync")
+    config = StackConfig.spare(26_000, "bench-sync")
     with running(config):
         settings = Settings(project=config.project, bigquery_emulator_host=config.bigquery_url, sync_overlap_seconds=0)
         warehouse = Warehouse(make_client(settings))

@@ -1,8 +1,8 @@
 """The project's own fault tests (issue 9 §4), on the local stack: `make faults`, not part of `make test`.
 
-Each test starts its own stack on its own ports (slot N: 28085+100N, 29050+100N, ...: below Linux's
-ephemeral range 32768-60999, where a client socket may hold a port a server then cannot bind; scheduler
-off), injects one fault while calls flow, and ends with the operator's proof: `python -m
+Each test starts its own stack on its own ports (slot N: 28050-28089 + 100N, plus PERSONAS_TEST_PORT_OFFSET:
+below Linux's ephemeral range 32768-60999, where a client socket may hold a port a server then cannot bind;
+scheduler off), injects one fault while calls flow, and ends with the operator's proof: `python -m
 infra.ops.reconcile --ids-file` reports nothing missing, and `users` equals a full rebuild (a
 `{"full": true}` sync changes nothing in it). BigQuery "down" is a proxy between the functions and
 bqemulator (infra/local/faults.py): bqemulator keeps its data in memory, so it cannot be killed.
@@ -26,14 +26,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, pubsub_v1
 
 from infra import publish
@@ -77,40 +75,29 @@ class Harness:
 
 
 @contextmanager
-def fault_stack(
-    slot: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, proxy: bool = False, **function_env: str
-) -> Iterator[Harness]:
-    """A stack of its own on ports 100*slot above the base ones; with `proxy`, both functions reach
-    bqemulator only through a FaultProxy (started first, so they never see it missing)."""
-    o = 100 * slot + int(os.environ.get("PERSONAS_TEST_PORT_OFFSET") or 0)  # as tests/integration/conftest.py
+def fault_stack(slot: int, tmp_path: Path, *, proxy: bool = False, **function_env: str) -> Iterator[Harness]:
+    """A stack of its own, slot N on the hundred 28000+100N (StackConfig.spare); with `proxy`, both functions
+    reach bqemulator only through a FaultProxy on base+70 (started first, so they never see it missing)."""
     # The overlap must exceed the ingest deadline (README, configuration): a row is stamped loaded_at before
     # its insert, which can land up to the deadline later. With 0, syncs every second during these streams
     # leave `users` short of rows a full rebuild sees (measured: 1-2 users of 30 differ).
-    env = {"INGEST_DEADLINE_SECONDS": "4", "SYNC_OVERLAP_SECONDS": "10", **function_env}
-    fault_proxy = FaultProxy(29070 + o, 29050 + o) if proxy else None
-    if fault_proxy is not None:
-        env["BIGQUERY_EMULATOR_HOST"] = fault_proxy.url
-        fault_proxy.start()
-    config = StackConfig(
+    env = {"INGEST_DEADLINE_SECONDS": "4", "SYNC_OVERLAP_SECONDS": "40", **function_env}
+    config = StackConfig.spare(
+        28_000 + 100 * slot,
+        "faults",
         topic="personas-calls-faults",
         subscription="personas-calls-faults-ingest",
-        pubsub_port=28085 + o,
-        bigquery_port=29050 + o,
-        bigquery_grpc_port=29060 + o,
-        ingest_port=28080 + o,
-        sync_port=28081 + o,
         state_dir=str(tmp_path / "stack"),
         function_env=env,
     )
+    fault_proxy = FaultProxy(config.bigquery_port + 20, config.bigquery_port) if proxy else None
+    if fault_proxy is not None:
+        config = replace(config, function_env={**env, "BIGQUERY_EMULATOR_HOST": fault_proxy.url})
+        fault_proxy.start()
     try:
         with running(config) as stack:
-            monkeypatch.setenv("PUBSUB_EMULATOR_HOST", config.pubsub_host)
-            bq = bigquery.Client(
-                project=P,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                client_options=ClientOptions(api_endpoint=config.bigquery_url),  # direct, never the proxy
-            )
-            publisher = pubsub_v1.PublisherClient(
+            bq = config.bigquery_client()  # direct, never the proxy
+            publisher = config.publisher(
                 batch_settings=publish.BATCH_SETTINGS, publisher_options=publish.PUBLISHER_OPTIONS
             )
             try:
@@ -355,10 +342,10 @@ def identify_ids_and_users(calls: list[dict[str, Any]]) -> tuple[int, int]:
 # --- the faults ------------------------------------------------------------------------------------------------
 
 
-def test_bigquery_unavailable_for_20_seconds_mid_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bigquery_unavailable_for_20_seconds_mid_stream(tmp_path: Path) -> None:
     """300 single-call messages over ~30 s; BigQuery unreachable from the 6th to the 26th second. The
     function answers 500 within INGEST_DEADLINE_SECONDS, Pub/Sub redelivers, nothing is lost."""
-    with fault_stack(0, tmp_path, monkeypatch, proxy=True) as h:
+    with fault_stack(0, tmp_path, proxy=True) as h:
         assert h.proxy is not None
         calls = make_calls("bq", 300, users=30, seed=1)
         n_ids, n_users = identify_ids_and_users(calls)
@@ -391,10 +378,10 @@ def test_bigquery_unavailable_for_20_seconds_mid_stream(tmp_path: Path, monkeypa
         assert_every_call_landed_once(h, len(calls), n_users)
 
 
-def test_ingest_killed_mid_stream_and_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ingest_killed_mid_stream_and_started_again(tmp_path: Path) -> None:
     """300 single-call messages at 15/s; the ingest function's process group SIGKILLed after 7 s (requests
     in flight die with it), down for 3 s, then started again with the same command."""
-    with fault_stack(1, tmp_path, monkeypatch) as h:
+    with fault_stack(1, tmp_path) as h:
         calls = make_calls("kill", 300, users=30, seed=2)
         n_ids, n_users = identify_ids_and_users(calls)
         timings: dict[str, float] = {}
@@ -421,10 +408,10 @@ def test_ingest_killed_mid_stream_and_started_again(tmp_path: Path, monkeypatch:
         assert_every_call_landed_once(h, len(calls), n_users)
 
 
-def test_every_message_published_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_message_published_twice(tmp_path: Path) -> None:
     """Each call sent in two Pub/Sub messages (the source resent it): two message ids, one messageId.
     Reconcile accounts for both and counts the duplicate rows; users counts each call once."""
-    with fault_stack(2, tmp_path, monkeypatch) as h:
+    with fault_stack(2, tmp_path) as h:
         calls = make_calls("twice", 200, users=25, seed=3)
         n_ids, n_users = identify_ids_and_users(calls)
         again = calls[:]
@@ -449,11 +436,11 @@ def test_every_message_published_twice(tmp_path: Path, monkeypatch: pytest.Monke
         assert_users_equal_full_rebuild(h, n_users)
 
 
-def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path) -> None:
     """160 messages pushed over HTTP from 8 threads, each bringing two trait columns no other message has
     (and one all share): concurrent schema updates of one table. A 500 is retried as Pub/Sub would.
     Every value must be in its own column."""
-    with fault_stack(3, tmp_path, monkeypatch) as h:
+    with fault_stack(3, tmp_path) as h:
         n = 160
         calls = [
             {
@@ -517,15 +504,16 @@ def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path, monkeypatc
         assert all(state[f"u{i % 20}"][f"c{i}_n"] == i for i in range(n))
 
 
-@pytest.mark.parametrize("merge", [1, 2], ids=["killed-in-fold", "killed-in-rebuild"])
-def test_sync_killed_mid_run_and_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge: int) -> None:
+@pytest.mark.parametrize("merge", [1, 2], ids=["killed-in-first-statement", "killed-in-second-statement"])
+def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> None:
     """Thousands of users synced once; then new calls for all of them, half tied with the stored value's
-    timestamp (so the run folds, flags, then rebuilds the flagged users: two MERGEs). The sync's
-    process group is SIGKILLed right after its `merge`-th MERGE reached BigQuery, started again, and
-    run again: `users` must equal a full rebuild."""
-    with fault_stack(4, tmp_path, monkeypatch, proxy=True) as h:
+    timestamp (their order then comes from the messageIds' fingerprints). The users touched span more
+    partitions than one statement may modify, so the fold is two MERGEs. The sync's process group is
+    SIGKILLed right after its `merge`-th MERGE reached BigQuery, started again, and run again: `users`
+    must equal a full rebuild."""
+    with fault_stack(4, tmp_path, proxy=True) as h:
         assert h.proxy is not None
-        n_users = 3000
+        n_users = 6000  # 10,000 * (1 - e^-0.6) = about 4,500 partitions: two chunks of at most 4,000
 
         def wave(tag: str, later: Callable[[int], bool]) -> list[dict[str, Any]]:
             rng = random.Random(tag)
@@ -575,7 +563,7 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, monkeypatch: pyte
         runner.join(timeout=60)
         assert "status" not in answer, f"the sync finished before it was killed: {answer}"
         restart = respawn(h.stack, "sync", h.stack.config.sync_port)
-        history = query(h, f"SELECT COUNT(*) AS n FROM `{P}.personas__ops.sync_history` WHERE space = '{h.space}'")[0][
+        history = query(h, f"SELECT COUNT(*) AS n FROM `{P}.personas__ops.sync_history` WHERE space = '{h.space}' AND table_name = 'users'")[0][
             "n"
         ]
         assert history == 1, "the killed run must not have recorded itself"
@@ -584,12 +572,12 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, monkeypatch: pyte
         status, summary = sync(h)
         again = time.monotonic() - started
         assert status == 200, summary
-        [result] = summary["spaces"]
+        result = summary["spaces"][0]["tables"]["users"]
         _say(
             f"sync killed after MERGE #{merge}: first sync {first_sync:.1f}s, killed {killed_after:.1f}s into "
             f"the second, back in {restart:.1f}s, the run after it {again:.1f}s: {result['status']}, "
-            f"{result['users_updated']} updated, {result['users_rebuilt']} rebuilt, "
-            f"{result['identify_rows_read']} rows read"
+            f"{result['rows_updated']} updated, {result['statements']} statements, "
+            f"{result['source_rows_read']} rows read"
         )
         reconcile(h)
         assert_users_equal_full_rebuild(h, n_users)

@@ -22,41 +22,35 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, pubsub_v1
 
 from infra.local.stack import STAGE, Stack, StackConfig, running
 
 CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
-# Shifts every port of the test stacks, so that two checkouts (or two developers' worktrees) can run the
-# integration suite at once on one machine. 0 in CI.
-PORT_OFFSET = int(os.environ.get("PERSONAS_TEST_PORT_OFFSET") or 0)
 # The shortest overlap settings accept (a row can become visible up to the ingest deadline plus a margin
 # after its loaded_at): runs a few seconds apart re-read each other's rows, as they do in production.
 SYNC_ENV = {"SYNC_OVERLAP_SECONDS": "80"}  # INGEST_DEADLINE_SECONDS: its default, 50
 OVERLAP_SECONDS = 80
-TEST_CONFIG = StackConfig(
-    topic="personas-calls-test",
-    subscription="personas-calls-test-ingest",
-    pubsub_port=18085 + PORT_OFFSET,
-    bigquery_port=19050 + PORT_OFFSET,
-    bigquery_grpc_port=19060 + PORT_OFFSET,
-    ingest_port=18080 + PORT_OFFSET,
-    sync_port=18081 + PORT_OFFSET,
-    function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", **SYNC_ENV},
-)
 
+
+def _config(base: int, **env: str) -> StackConfig:
+    return StackConfig.spare(
+        base,
+        "integration",
+        topic="personas-calls-test",
+        subscription="personas-calls-test-ingest",
+        function_env={
+            "PERSONAS_CONFIG": str(CONFIG_FILE),
+            "MAX_MESSAGE_BYTES": "20000",
+            **SYNC_ENV,
+            **env,
+        },
+    )
+
+
+TEST_CONFIG = _config(18_000)
 # The same stack with the functions writing through the Storage Write API, on ports of its own.
-STORAGE_WRITE_CONFIG = replace(
-    TEST_CONFIG,
-    pubsub_port=18185 + PORT_OFFSET,
-    bigquery_port=19150 + PORT_OFFSET,
-    bigquery_grpc_port=19160 + PORT_OFFSET,
-    ingest_port=18180 + PORT_OFFSET,
-    sync_port=18181 + PORT_OFFSET,
-    function_env={**TEST_CONFIG.function_env, "BIGQUERY_WRITER": "storage_write"},
-)
+STORAGE_WRITE_CONFIG = _config(18_100, BIGQUERY_WRITER="storage_write")
 WRITERS = {"insert_all": TEST_CONFIG, "storage_write": STORAGE_WRITE_CONFIG}
 
 pytestmark = pytest.mark.integration
@@ -88,17 +82,12 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def bq(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(
-        project=stack.config.project,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options=ClientOptions(api_endpoint=stack.config.bigquery_url),
-    )
+    return stack.config.bigquery_client()
 
 
 @pytest.fixture(scope="session")
 def publisher(stack: Stack) -> pubsub_v1.PublisherClient:
-    os.environ["PUBSUB_EMULATOR_HOST"] = stack.config.pubsub_host
-    return pubsub_v1.PublisherClient()
+    return stack.config.publisher()
 
 
 @pytest.fixture

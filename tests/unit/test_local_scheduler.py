@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from infra.local import stack as stack_module
 from infra.local.scheduler import Scheduler, request_body, summarize
 from infra.local.stack import ROOT, UP_SYNC_EVERY_SECONDS, Stack, StackConfig, _print_exports
 
@@ -296,9 +295,9 @@ def test_demo_runs_no_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
         yield object()
 
     monkeypatch.setenv("SYNC_EVERY_SECONDS", "60")
-    monkeypatch.setattr(stack_module, "running", fake_running)
+    monkeypatch.setattr(infra.local.demo, "running", fake_running)
     monkeypatch.setattr(infra.local.demo, "run_demo", lambda _stack: 0)
-    assert stack_module.main(["demo"]) == 0
+    assert infra.local.demo.main([]) == 0
     assert [c.sync_every_seconds for c in seen] == [0]
 
 
