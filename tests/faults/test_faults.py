@@ -563,9 +563,8 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> No
         runner.join(timeout=60)
         assert "status" not in answer, f"the sync finished before it was killed: {answer}"
         restart = respawn(h.stack, "sync", h.stack.config.sync_port)
-        history = query(h, f"SELECT COUNT(*) AS n FROM `{P}.personas__ops.sync_history` WHERE space = '{h.space}' AND table_name = 'users'")[0][
-            "n"
-        ]
+        recorded = f"SELECT COUNT(*) AS n FROM `{P}.personas__ops.sync_history` WHERE space = '{h.space}'"
+        history = query(h, recorded + " AND table_name = 'users'")[0]["n"]
         assert history == 1, "the killed run must not have recorded itself"
 
         started = time.monotonic()
