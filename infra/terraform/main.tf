@@ -54,6 +54,7 @@ locals {
     BIGQUERY_LOCATION       = var.bigquery_location
     OPS_DATASET             = google_bigquery_dataset.ops.dataset_id
     INGEST_DEADLINE_SECONDS = tostring(local.ingest_deadline_seconds)
+    SYNC_OVERLAP_SECONDS    = tostring(var.sync_overlap_seconds)
   }
   # BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
   optional_env = {

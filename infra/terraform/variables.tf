@@ -218,3 +218,14 @@ variable "max_delivery_attempts" {
     error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
   }
 }
+
+variable "sync_overlap_seconds" {
+  description = "SYNC_OVERLAP_SECONDS: how much before its last watermark each sync run reads again. A row becomes visible up to INGEST_DEADLINE_SECONDS (ingest_timeout_seconds - ingest_deadline_margin_seconds) plus 30 s after its loaded_at, so less is refused here, as the functions' settings refuse it."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.sync_overlap_seconds >= var.ingest_timeout_seconds - var.ingest_deadline_margin_seconds + 30
+    error_message = "sync_overlap_seconds must be at least ingest_timeout_seconds - ingest_deadline_margin_seconds + 30: raise it with the ingest timeout."
+  }
+}

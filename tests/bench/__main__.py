@@ -355,95 +355,79 @@ groups of section 3 (at most 500 rows); a batch message's rows go in one call.
 
 
 def sync_section(sync: dict[str, Any], quick: bool) -> str:
-    layout, read, billed = sync["layout"], sync["read"], sync["billed"]
+    layout, paths = sync["layout"], sync["paths"]
     wall, schedules = sync["local_wall_times"], sync["schedules_at_1M_calls_and_1M_users"]
-    buckets = bench_sync.spec("users_state").buckets or 1
+    buckets = bench_sync.BUCKETS
     touched_share = 1 - (1 - 1 / buckets) ** layout["touched_users"]
-    state_mb = sync["read_by_table"]["incremental"].get("users_state", 0.0) / MB
     ratio = sync["ratio_read"]
     wall_ratio = wall["incremental_seconds"] / wall["full_seconds"]
     local = f"{wall['rows']:,} rows, {wall['users']:,} users, 1% touched (`--local-rows {wall['rows']}`)"
-    rows = [
-        (
-            "bytes read",
-            f"{read['incremental'] / MB:.1f} MB",
-            f"{read['full'] / MB:.1f} MB",
-            f"{ratio:.4f}",
-            "<= 0.05",
-            ("yes" if ratio <= 0.05 else "no")
-            + f". {state_mb:.1f} of the {read['incremental'] / MB:.1f} MB are the touched partitions of `users_state` "
-            f"({touched_share:.1%} of its {buckets:,} partitions hold one of the {layout['touched_users']:,} users); "
-            "an as-of key is 32 characters (the call's timestamp and a fingerprint of its id).",
-        ),
-        (
-            "bytes read, day partitions only (no clustering on `loaded_at`)",
-            f"{read['day_partitions_only'] / MB:.1f} MB",
-            f"{read['full'] / MB:.1f} MB",
-            f"{sync['ratio_read_day_partitions_only']:.4f}",
-            "",
-            "",
-        ),
-        (
-            "bytes billed (10 MB minimum per table per query)",
-            f"{billed['incremental'] / MB:.1f} MB",
-            f"{billed['full'] / MB:.1f} MB",
-            f"{sync['ratio_billed']:.2f}",
-            "",
-            "the minimum dominates at this size: 5 table reads per run",
-        ),
-        (
-            f"wall time on bqemulator, {local}",
-            f"{wall['incremental_seconds']:.1f} s",
-            f"{wall['full_seconds']:.1f} s",
-            f"{wall_ratio:.3f}",
-            "",
-            "local timings say nothing about BigQuery's (the full run's per-row key functions are slow in "
-            "bqemulator, and other jobs share the machine). At 1,000,000 rows bqemulator's DuckDB spilled over "
-            "50 GB to disk during the full rebuild: the local figure is at 200,000 rows."
-            + (" This run used `--quick` (fewer rows)." if quick else ""),
-        ),
-    ]
-    header = "| figure | incremental | full rebuild | ratio | target | met? |\n|---|---|---|---|---|---|"
-    body = "\n".join("| " + " | ".join(r) + " |" for r in rows)
-    cost_rows = "\n".join(
-        f"| {name} | {f['MB billed per run']:,.0f} MB | ${f['USD per day']:.2f} |" for name, f in schedules.items()
+    why = {
+        "fold": f"the rows loaded since the last run; the {touched_share:.1%} of `users_state`'s {buckets:,} "
+        f"partitions that hold one of the {layout['touched_users']:,} users touched",
+        "idle": "the history (one query per run, every space) and the window, both empty: no DML",
+        "column switched back on": "the whole history of the column and the order columns, in chunks of at most 4,000 "
+        "partitions (here every partition holds a user with a value: the worst case)",
+        "full rebuild": "the whole history, once per chunk of 4,000 partitions (three for 10,000): a space's "
+        "first run, `--full`, a layout change",
+    }
+    rows = "\n".join(
+        f"| {path} | {p['jobs']} ({p['dml']}) | {p['read'] / MB:,.1f} MB | {p['billed'] / MB:,.1f} MB | "
+        f"{p['read_unpruned'] / MB:,.1f} MB | {why[path]} |"
+        for path, p in paths.items()
     )
-    every_minute = schedules["every minute"]["USD per day"]
-    return f"""## 6. Users sync: what a run reads (issue 8)
+    cost_rows = "\n".join(
+        f"| {name} | {f['runs']:,} | {f['MB billed per run']:,.0f} MB | ${f['USD per day']:.2f} | "
+        f"${f['USD per day, target unpruned']:.2f} | ${f['idle USD per day']:.2f} |"
+        for name, f in schedules.items()
+    )
+    every_minute = schedules["every minute (the default)"]
+    return f"""## 6. The sync: what each path reads (issue 13)
 
 Method. Dry runs on bqemulator report 0 bytes, so the bytes are computed by BigQuery's billing rule:
 a query pays for every column it reads of every partition it cannot prune, at least 10 MB per table.
-The statements are the sync's own (`run_sync` over a recording client, once incremental, once full);
-the columns each statement reads come from Google's ZetaSQL analyzer with unused columns pruned; the
-rows each scan covers follow from the layout (`identifies` partitioned by day and clustered on
-`loaded_at`: a fold reads the rows loaded since the last run; `users_state` in {buckets:,} integer-range
-partitions by a hash of the user id: a fold reads the partitions of the users it touched); bytes per
-value are BigQuery's (STRING 2 + length, INT64/FLOAT64/TIMESTAMP 8, BOOL 1, NULL 0). Every user is
-assumed to have every one of {layout["traits"]} traits (an upper bound on `users_state`).
+The statements are the sync's own (`run_sync` over a recording client, once per path); the columns each
+statement reads come from Google's ZetaSQL analyzer with unused columns pruned; the rows each scan covers
+follow from the layout: `identifies` is partitioned by day and clustered on `loaded_at` (a statement
+bounded by `@since` reads the rows loaded since the last run; the others the whole history); every
+statement names the `users_state` partitions it may touch as constants in its merge condition (of
+{buckets:,}, by a hash of the user id). Google documents pruning on such constant filters but says the
+optimizer "might or might not" push a merge condition down, so every path is also priced with the
+target read whole ("unpruned"). Bytes per value are BigQuery's (STRING 2 + length,
+INT64/FLOAT64/TIMESTAMP 8, BOOL 1, NULL 0); every user is assumed to have every one of
+{layout["traits"]} traits (an upper bound on `users_state`).
 
 Layout: {layout["identify_rows"]:,} identify rows over {layout["days"]} daily partitions, {layout["users"]:,}
 users, {layout["touched_users"] / layout["users"]:.0%} of them ({layout["touched_users"]:,}) touched by
 {layout["new_rows"]:,} rows since the last run, {layout["traits"]} traits, {layout["traits_per_call"]} traits per call.
 
-{header}
-{body}
+| path | jobs (DML) | read | billed | read, target unpruned | what it reads |
+|---|---|---|---|---|---|
+{rows}
 
-A run with nothing new reads only the watermark and the new rows' `user_id`/`loaded_at` (the fold and
-the flag lookup are skipped). Counts come from the MERGEs' own statistics; there is no statistics scan.
+A fold reads {ratio:.4f}x the bytes of a full rebuild (target 0.05: met{"" if ratio <= 0.05 else " NOT"}); with day
+partitions only (no clustering on `loaded_at`) {sync["ratio_read_day_partitions_only"]:.4f}x. No statement modifies
+more than 4,000 partitions (BigQuery's limit per job; `tests/unit/test_sync_partitions.py` drives every path at
+1,000,000 users through a model that refuses more). On bqemulator, {local}: full run {wall["full_seconds"]:.1f} s,
+incremental {wall["incremental_seconds"]:.1f} s ({wall_ratio:.3f}x; local timings say nothing about BigQuery's{
+        " and this run used `--quick`" if quick else ""
+    }).
 
-### Users sync: what a schedule costs
+### The sync: what a schedule costs
 
 Same model, 1,000,000 calls a day, 1,000,000 users, `SYNC_OVERLAP_SECONDS` =
 {bench_sync.Settings().sync_overlap_seconds:g} (each run re-reads that much), ${bench_sync.PRICE_PER_TIB} per TiB
-on-demand (source and date in `docs/costs.md`):
+on-demand (source and date in `docs/costs.md`). "Idle space": a space with no new calls, whose run still
+sends its window query and the run's history query (10 MB minimum each).
 
-| schedule | billed per run | per day |
-|---|---|---|
+| schedule | runs a day | billed per run | per day | per day, target unpruned | idle space, per day |
+|---|---|---|---|---|---|
 {cost_rows}
 
 A one-minute schedule is the default (`sync_schedule` in Terraform; `make up` runs the same locally):
-${every_minute:.2f} a day buys `users` within about a minute of a call. Set `sync_schedule = "0 * * * *"`
-for the hourly cost.
+${every_minute["USD per day"]:.2f} a day buys `users` within about a minute of a call, and each idle space
+adds ${every_minute["idle USD per day"]:.2f}. Set `sync_schedule = "*/15 * * * *"` or `"0 * * * *"` for the
+cheaper rows.
 """
 
 

@@ -28,7 +28,7 @@ import hcl2
 import pytest
 import yaml
 
-from personas_warehouse.settings import _ENV
+from personas_warehouse.settings import _ENV, ROW_VISIBLE_MARGIN_SECONDS
 from personas_warehouse.sync import run_sync
 from schemas.tables import table_specs
 
@@ -294,7 +294,13 @@ def test_ingest_is_fed_by_the_push_subscription_not_an_event_trigger() -> None:
 def test_both_functions_get_the_settings_the_code_reads() -> None:
     local = _locals()
     managed = local["managed_env"]
-    assert set(managed) == {"BIGQUERY_PROJECT", "BIGQUERY_LOCATION", "OPS_DATASET", "INGEST_DEADLINE_SECONDS"}
+    assert set(managed) == {
+        "BIGQUERY_PROJECT",
+        "BIGQUERY_LOCATION",
+        "OPS_DATASET",
+        "INGEST_DEADLINE_SECONDS",
+        "SYNC_OVERLAP_SECONDS",
+    }
     assert set(managed) <= set(_ENV), "every managed variable is one settings.load_settings reads"
     assert managed["OPS_DATASET"] == "${google_bigquery_dataset.ops.dataset_id}"
     assert "PERSONAS_CONFIG" in local["optional_env"]
@@ -318,6 +324,26 @@ def test_ingest_deadline_stays_below_the_timeout_for_every_accepted_setting() ->
         timeout = evaluate(ingest["timeout_seconds"], case)
         deadline = evaluate(deadline_expr, case)
         assert 1 <= deadline < timeout, case  # settings require INGEST_DEADLINE_SECONDS >= 1
+
+
+def test_every_accepted_overlap_covers_the_latest_a_row_can_become_visible() -> None:
+    """The settings' rule (SYNC_OVERLAP_SECONDS >= INGEST_DEADLINE_SECONDS + ROW_VISIBLE_MARGIN_SECONDS) holds
+    for every setting Terraform accepts, so a deployment never starts functions that refuse their settings,
+    and Terraform refuses what they would refuse."""
+    managed = _locals()["managed_env"]
+    cases = [
+        {"ingest_timeout_seconds": t, "ingest_deadline_margin_seconds": m, "sync_overlap_seconds": o}
+        for t in (15, 60, 120, 570)
+        for m in (5, 10, 30)
+        for o in (0, 30, 79, 80, 120, 599, 600)
+    ]
+    accepted = [case for case in cases if _accepted(case)]
+    assert {"ingest_timeout_seconds": 60, "ingest_deadline_margin_seconds": 10, "sync_overlap_seconds": 120} in accepted
+    for case in cases:
+        deadline = float(evaluate(managed["INGEST_DEADLINE_SECONDS"], case))
+        overlap = int(evaluate(managed["SYNC_OVERLAP_SECONDS"], case))
+        follows = overlap >= deadline + ROW_VISIBLE_MARGIN_SECONDS and deadline >= 1
+        assert (case in accepted) == follows, case
 
 
 # --- Pub/Sub ------------------------------------------------------------------------------------------
@@ -948,6 +974,10 @@ _REQUIRED_VARS = ["-var", "project=p", "-var", "source_bucket=b", "-var", "sourc
         ({"push_minimum_backoff_seconds": "700"}, False),
         ({"push_maximum_backoff_seconds": "601"}, False),
         ({"push_minimum_backoff_seconds": "30", "push_maximum_backoff_seconds": "20"}, False),
+        ({"sync_overlap_seconds": "80"}, True),
+        ({"sync_overlap_seconds": "79"}, False),
+        ({"ingest_timeout_seconds": "300"}, False),  # the overlap must grow with the ingest timeout
+        ({"ingest_timeout_seconds": "300", "sync_overlap_seconds": "320"}, True),
     ],
 )
 def test_terraform_validates_the_new_variables(tmp_path: Path, values: dict[str, str], accepted: bool) -> None:
