@@ -26,8 +26,9 @@ from tests.fakes import FakeBigQuery
 
 BIGQUERY_MAX_PARTITIONS_PER_JOB = 4_000
 _TARGET = re.compile(r"(?:MERGE|UPDATE|DELETE(?: FROM)?|INSERT(?: INTO)?) `([^`]+)`")
-_BETWEEN = re.compile(r"_old\.`_bucket` BETWEEN (\d+) AND (\d+)")
-_IN = re.compile(r"_old\.`_bucket` IN \(([\d, ]+)\)")
+# A kept table's partitions, under whatever alias the statement gives it (frame.Keys.partitions).
+_BETWEEN = re.compile(r"\b\w+\.`_bucket` BETWEEN (\d+) AND (\d+)")
+_IN = re.compile(r"\b\w+\.`_bucket` IN \(([\d, ]+)\)")
 _SOURCE_BETWEEN = re.compile(r"ABS\(MOD\(FARM_FINGERPRINT\([^)]*\), \d+\)\) BETWEEN (\d+) AND (\d+)")
 _SOURCE_IN = re.compile(r"ABS\(MOD\(FARM_FINGERPRINT\([^)]*\), \d+\)\) IN \(([\d, ]+)\)")
 _FROM = re.compile(r"FROM `[^`.]+(?:\.[^`.]+)?\.([^`.]+)\.([^`]+)` WHERE")
@@ -63,9 +64,12 @@ class ModelBigQuery(FakeBigQuery):
     """See the module docstring. `sources[(dataset, table)]` holds (partition, loaded_at) per row; `dml`
     every DML statement sent with the partitions it could modify; `refused` those refused."""
 
-    def __init__(self, project: str = "personas-test") -> None:
+    def __init__(self, project: str = "personas-test", *, every_source_like: str | None = None) -> None:
         super().__init__(project)
         self.sources: dict[tuple[str, str], list[tuple[int, datetime]]] = {}
+        # A source table with no rows of its own answers as this one does (so a derived table reading
+        # other tables than identifies is driven by the same rows).
+        self.every_source_like = every_source_like
         self.dml: list[tuple[str, int]] = []
         self.refused: list[str] = []
         self.queries: list[str] = []
@@ -120,7 +124,8 @@ class ModelBigQuery(FakeBigQuery):
         rows: set[int] = set()
         count = 0
         for dataset, table in _FROM.findall(text):
-            for partition, loaded_at in self.sources.get((dataset, table), []):
+            fallback = self.sources.get((dataset, self.every_source_like or ""), [])
+            for partition, loaded_at in self.sources.get((dataset, table), fallback):
                 if loaded_at <= until and (since is None or loaded_at >= since):
                     rows.add(partition)
                     count += 1

@@ -22,12 +22,22 @@ START = datetime(2026, 12, 1, tzinfo=UTC)
 TRAITS = {"plan": "STRING", "score": "INT64", "vip": "BOOL"}
 
 
+# Every table a derived table may read: identifies, tracks and the Personas events' tables. The model answers
+# for all of them with identifies' rows.
+SOURCES = {
+    "identifies": "identifies",
+    "tracks": "tracks",
+    **{e: "track_event" for e in ("audience_entered", "audience_exited", "trait_computed")},
+}
+
+
 def warehouse_with(users: int) -> tuple[ModelBigQuery, Warehouse]:
-    """A space whose identifies holds one row for each of `users` users, loaded before START."""
-    client = ModelBigQuery()
+    """A space whose source tables hold one row for each of `users` users, loaded before START."""
+    client = ModelBigQuery(every_source_like="identifies")
     warehouse = Warehouse(client)  # type: ignore[arg-type]
     deadline = Deadline(60)
-    warehouse.ensure_table(DATASET, "identifies", spec("identifies"), deadline)
+    for table, kind in SOURCES.items():
+        warehouse.ensure_table(DATASET, table, spec(kind), deadline)
     warehouse.add_columns(DATASET, "identifies", TRAITS, deadline)
     total = spec("users_state").buckets or 0
     client.add_rows(DATASET, "identifies", (((i * 7919) % total, START - timedelta(days=1)) for i in range(users)))
@@ -44,6 +54,7 @@ def sync_at(
 def check(client: ModelBigQuery, space: dict[str, object]) -> None:
     assert client.refused == []
     assert space["status"] == sync.SUCCESS, space
+    assert {name: t["status"] for name, t in space["tables"].items()} == {d.name: sync.SUCCESS for d in DERIVED}  # type: ignore[attr-defined]
     assert client.dml and max(n for _, n in client.dml) <= frame.PARTITION_BUDGET <= BIGQUERY_MAX_PARTITIONS_PER_JOB
 
 
