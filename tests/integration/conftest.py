@@ -32,6 +32,8 @@ CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
 # Shifts every port of the test stacks, so that two checkouts (or two developers' worktrees) can run the
 # integration suite at once on one machine. 0 in CI.
 PORT_OFFSET = int(os.environ.get("PERSONAS_TEST_PORT_OFFSET") or 0)
+# The functions' key for forgotten ids' hashes (test_forget_e2e.py), and a 1 s refresh of ingest's copy of them.
+FORGET_ENV = {"FORGET_HASH_KEY": "integration-test-key-" + "0" * 16, "FORGET_REFRESH_SECONDS": "1"}
 TEST_CONFIG = StackConfig(
     topic="personas-calls-test",
     subscription="personas-calls-test-ingest",
@@ -40,7 +42,12 @@ TEST_CONFIG = StackConfig(
     bigquery_grpc_port=19060 + PORT_OFFSET,
     ingest_port=18080 + PORT_OFFSET,
     sync_port=18081 + PORT_OFFSET,
-    function_env={"PERSONAS_CONFIG": str(CONFIG_FILE), "MAX_MESSAGE_BYTES": "20000", "SYNC_OVERLAP_SECONDS": "0"},
+    function_env={
+        "PERSONAS_CONFIG": str(CONFIG_FILE),
+        "MAX_MESSAGE_BYTES": "20000",
+        "SYNC_OVERLAP_SECONDS": "0",
+        **FORGET_ENV,
+    },
 )
 
 # The same stack with the functions writing through the Storage Write API, on ports of its own.
