@@ -524,3 +524,15 @@ def test_call_patterns(text: str, found: bool) -> None:
 
     ids = Ids(("u1", "42", "café", 'a"b'))
     assert any(re.search(p, text) for p in forget_sql.call_patterns(ids)) is found
+
+
+def test_the_key_is_checked_at_start_and_never_printed() -> None:
+    from personas_warehouse.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="FORGET_HASH_KEY must be at least 32"):
+        load_settings({"FORGET_HASH_KEY": "short"})
+    with pytest.raises(ConfigError, match="FORGET_REFRESH_SECONDS must be at least 1"):
+        load_settings({"FORGET_REFRESH_SECONDS": "0"})
+    settings = load_settings({"FORGET_HASH_KEY": KEY, "FORGET_REFRESH_SECONDS": "5"})
+    assert (settings.forget_hash_key, settings.forget_refresh_seconds) == (KEY, 5.0)
+    assert KEY not in repr(settings)
