@@ -84,6 +84,25 @@ def test_forget_a_user_everywhere_and_keep_them_out(
 
     for key, value in {**stack.config.exports(), **FORGET_ENV}.items():
         monkeypatch.setenv(key, value)
+    try:
+        _forget_and_check(stack, bq, publish, space, capsys, alice, bob, alice_ids, bob_ids, bob_before)
+    finally:  # the stack is shared: tests that ingest in-process without the key must not meet this id
+        assert command.main(["--unsuppress", "--user-id", alice, "--project", P]) == 0
+
+
+def _forget_and_check(
+    stack: Stack,
+    bq: bigquery.Client,
+    publish: Callable[..., str],
+    space: str,
+    capsys: pytest.CaptureFixture[str],
+    alice: str,
+    bob: str,
+    alice_ids: list[str],
+    bob_ids: list[str],
+    bob_before: dict[str, int],
+) -> None:
+    dataset, ds = f"personas_{space}", f"`{P}.personas_{space}"
     code = command.main(["--user-id", alice, "--space", space, "--project", P, "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report
