@@ -93,6 +93,7 @@ def handle_push(
         discards=outcome.discards,
         rejections=len(outcome.rejections),
         error_classes=classes or None,
+        suppressed=outcome.suppressed or None,
         **fields,
     )
     return "", 204, {}

@@ -436,3 +436,32 @@ class Warehouse:
 
     def query(self, sql: str, params: list[Any], deadline: Deadline) -> list[dict[str, Any]]:
         return [dict(row) for row in self.run(sql, params, deadline).result()]
+
+    # -- forgetting users (forget.py) -----------------------------------------------------------
+
+    def list_tables(self, dataset: str, deadline: Deadline) -> list[tuple[str, str]]:
+        """(name, type) of every table and view of a dataset (type TABLE, VIEW, ...); [] when it is gone."""
+        try:
+            found = self.client.list_tables(
+                f"{self.project}.{dataset}", retry=deadline.retry(), timeout=deadline.budget(30)
+            )
+            return sorted((t.table_id, str(t.table_type or "TABLE")) for t in found)
+        except gexc.NotFound:
+            return []
+
+    def read_rows(
+        self, dataset: str, table: str, columns: Sequence[tuple[str, str]], deadline: Deadline
+    ) -> list[dict[str, Any]] | None:
+        """Every row of a small table, these (name, type) columns only, by tabledata.list: no query job, so
+        no bytes billed and no jobUser needed. None when the table is gone."""
+        fields = [bigquery.SchemaField(name, kind) for name, kind in columns]
+        try:
+            rows = self.client.list_rows(
+                self.table_ref(dataset, table),
+                selected_fields=fields,
+                retry=deadline.retry(),
+                timeout=deadline.budget(30),
+            )
+            return [dict(row.items()) for row in rows]
+        except gexc.NotFound:
+            return None

@@ -12,6 +12,7 @@ from typing import Any
 from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.errors import ErrorClass, Rejection, TransientError
+from personas_warehouse.forget import drop_suppressed
 from personas_warehouse.logs import log
 from personas_warehouse.messages import PubSubMessage, RoutedCall, decode
 from personas_warehouse.settings import Settings
@@ -29,6 +30,7 @@ class Outcome:
     rows: dict[str, int] = field(default_factory=dict)  # "personas_default.identifies" -> count
     discards: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    suppressed: int = 0  # calls of forgotten ids, dropped unstored (forget.py)
 
 
 def ingest(
@@ -40,7 +42,9 @@ def ingest(
 ) -> Outcome:
     deadline = Deadline(settings.ingest_deadline_seconds)
     decoded = decode(message, settings)
-    outcome = Outcome(rejections=list(decoded.rejections))
+    # Calls of forgotten ids (python -m infra.ops.forget) are dropped here: acked, stored nowhere, counted.
+    decoded, suppressed = drop_suppressed(decoded, warehouse, settings, deadline)
+    outcome = Outcome(rejections=list(decoded.rejections), suppressed=suppressed)
     pending = [
         row
         for routed in decoded.calls

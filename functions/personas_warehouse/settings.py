@@ -69,6 +69,10 @@ class Settings:
     ingest_deadline_seconds: float = 50.0
     sync_overlap_seconds: int = 120
     write_group_max_wait_ms: float = 50.0
+    # Forgetting users (docs/forget.md): the key of the ids' keyed hashes (never printed), and how stale
+    # ingest's copy of the forgotten ids may be.
+    forget_hash_key: str | None = field(default=None, repr=False)
+    forget_refresh_seconds: float = 60.0
     spaces: Mapping[str, SpaceConfig] = field(default_factory=dict)
 
     def space(self, slug: str) -> SpaceConfig:
@@ -96,7 +100,11 @@ _ENV: dict[str, tuple[str, Any]] = {
     "INGEST_DEADLINE_SECONDS": ("ingest_deadline_seconds", float),
     "SYNC_OVERLAP_SECONDS": ("sync_overlap_seconds", int),
     "WRITE_GROUP_MAX_WAIT_MS": ("write_group_max_wait_ms", float),
+    "FORGET_HASH_KEY": ("forget_hash_key", str),
+    "FORGET_REFRESH_SECONDS": ("forget_refresh_seconds", float),
 }
+# A key shorter than this is refused: the hashes of guessable ids (emails) are only as safe as the key.
+MIN_FORGET_KEY_CHARS = 32
 
 
 def load_config_file(path: Path) -> dict[str, SpaceConfig]:
@@ -161,6 +169,7 @@ def _check(settings: Settings) -> None:
         "ingest_deadline_seconds": 1,
         "sync_overlap_seconds": 0,
         "write_group_max_wait_ms": 0,
+        "forget_refresh_seconds": 1,
     }
     for var, minimum in minimums.items():
         value = getattr(settings, var)
@@ -171,6 +180,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             f"SYNC_OVERLAP_SECONDS must be at least INGEST_DEADLINE_SECONDS + {ROW_VISIBLE_MARGIN_SECONDS} "
             f"({least:g}): a row can become visible that long after its loaded_at, and the sync must re-read it"
+        )
+    if settings.forget_hash_key is not None and len(settings.forget_hash_key) < MIN_FORGET_KEY_CHARS:
+        raise ConfigError(
+            f"FORGET_HASH_KEY must be at least {MIN_FORGET_KEY_CHARS} characters (e.g. 32 random bytes, base64)"
         )
     if settings.max_columns_per_table > MAX_COLUMN_BUDGET:
         raise ConfigError(

@@ -31,6 +31,8 @@ CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
 # after its loaded_at): runs a few seconds apart re-read each other's rows, as they do in production.
 SYNC_ENV = {"SYNC_OVERLAP_SECONDS": "80"}  # INGEST_DEADLINE_SECONDS: its default, 50
 OVERLAP_SECONDS = 80
+# The functions' key for forgotten ids' hashes (test_forget_e2e.py), and a 1 s refresh of ingest's copy of them.
+FORGET_ENV = {"FORGET_HASH_KEY": "integration-test-key-" + "0" * 16, "FORGET_REFRESH_SECONDS": "1"}
 
 
 def _config(base: int, **env: str) -> StackConfig:
@@ -43,6 +45,7 @@ def _config(base: int, **env: str) -> StackConfig:
             "PERSONAS_CONFIG": str(CONFIG_FILE),
             "MAX_MESSAGE_BYTES": "20000",
             **SYNC_ENV,
+            **FORGET_ENV,
             **env,
         },
     )

@@ -121,7 +121,7 @@ def test_transient_bigquery_failure_raises_for_redelivery(
 def test_retrying_no_such_field_stops_at_the_deadline(fake: FakeBigQuery, warehouse: Warehouse) -> None:
     never = [{"index": 0, "errors": [{"reason": "invalid", "message": "no such field: t."}]}]
     fake.on_insert = lambda ref, rows: never
-    clock = iter(range(0, 10_000, 1))
+    clock = iter(range(0, 10_000, 1))  # every read of the clock is a second: 24 covers the reads before the 1st insert
 
     import personas_warehouse.ingest as ingest_module
 
@@ -133,7 +133,7 @@ def test_retrying_no_such_field_stops_at_the_deadline(fake: FakeBigQuery, wareho
     ingest_module.Deadline = TickingDeadline  # type: ignore[misc]
     try:
         with pytest.raises(TransientError):
-            ingest(message(identify(t=1)), warehouse, replace(SETTINGS, ingest_deadline_seconds=20))
+            ingest(message(identify(t=1)), warehouse, replace(SETTINGS, ingest_deadline_seconds=24))
     finally:
         ingest_module.Deadline = original  # type: ignore[misc]
     assert 1 <= fake.insert_calls <= 20
