@@ -419,12 +419,16 @@ def test_every_message_published_twice(tmp_path: Path) -> None:
         with syncing_every(h, 1) as statuses:
             publish_paced(h, calls + again, per_second=40)
             drained = wait_landed(h, n_ids, timeout=120)
-            time.sleep(3)  # let the second copies of the last calls land too
-        raw = query(
-            h,
-            f"SELECT COUNT(*) AS n FROM (SELECT id FROM {h.table('identifies')} "
-            f"UNION ALL SELECT id FROM {h.table('tracks')})",
-        )[0]["n"]
+
+            def raw_rows() -> int:
+                union = f"SELECT id FROM {h.table('identifies')} UNION ALL SELECT id FROM {h.table('tracks')}"
+                return int(query(h, f"SELECT COUNT(*) AS n FROM ({union})")[0]["n"])
+
+            # Every copy is a row of its own (two Pub/Sub messages, two insert ids): wait for the second copies.
+            end = time.monotonic() + 120
+            while raw_rows() < 2 * len(calls) and time.monotonic() < end:
+                time.sleep(1)
+        raw = raw_rows()
         _say(f"published twice: {len(calls)} calls in {2 * len(calls)} messages, {raw} raw rows; syncs {statuses}")
         report = reconcile(h)
         totals = report["totals"]
