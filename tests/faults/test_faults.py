@@ -508,16 +508,18 @@ def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path) -> None:
         assert all(state[f"u{i % 20}"][f"c{i}_n"] == i for i in range(n))
 
 
-@pytest.mark.parametrize("merge", [1, 2], ids=["killed-in-first-statement", "killed-in-second-statement"])
-def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> None:
+@pytest.mark.parametrize(
+    ("merge", "full"), [(1, False), (2, True)], ids=["killed-in-a-fold", "killed-in-a-full-rebuilds-second-statement"]
+)
+def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int, full: bool) -> None:
     """Thousands of users synced once; then new calls for all of them, half tied with the stored value's
-    timestamp (their order then comes from the messageIds' fingerprints). The users touched span more
-    partitions than one statement may modify, so the fold is two MERGEs. The sync's process group is
-    SIGKILLed right after its `merge`-th MERGE reached BigQuery, started again, and run again: `users`
-    must equal a full rebuild."""
+    timestamp (their order then comes from the messageIds' fingerprints). The sync's process group is
+    SIGKILLed right after the `merge`-th MERGE of an incremental run, or of a full rebuild (three statements,
+    one per chunk of partitions: the kill leaves some chunks rebuilt and the others as they were), reached
+    BigQuery; started again, and run again (incremental): `users` must equal a full rebuild."""
     with fault_stack(4, tmp_path, proxy=True) as h:
         assert h.proxy is not None
-        n_users = 6000  # 10,000 * (1 - e^-0.6) = about 4,500 partitions: two chunks of at most 4,000
+        n_users = 3000
 
         def wave(tag: str, later: Callable[[int], bool]) -> list[dict[str, Any]]:
             rng = random.Random(tag)
@@ -553,7 +555,7 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> No
 
         def run() -> None:
             try:
-                answer["status"] = sync(h)[0]
+                answer["status"] = sync(h, full=full)[0]
             except OSError as error:
                 answer["error"] = repr(error)
 
@@ -577,7 +579,8 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> No
         assert status == 200, summary
         result = summary["spaces"][0]["tables"]["users"]
         _say(
-            f"sync killed after MERGE #{merge}: first sync {first_sync:.1f}s, killed {killed_after:.1f}s into "
+            f"sync killed after MERGE #{merge} of a {'full' if full else 'incremental'} run: first sync "
+            f"{first_sync:.1f}s, killed {killed_after:.1f}s into "
             f"the second, back in {restart:.1f}s, the run after it {again:.1f}s: {result['status']}, "
             f"{result['rows_updated']} updated, {result['statements']} statements, "
             f"{result['source_rows_read']} rows read"
