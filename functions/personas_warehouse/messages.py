@@ -20,6 +20,10 @@ from personas_warehouse.settings import Settings
 from schemas.calls import Call, load_call, loads_strict
 
 SPACE_ATTRIBUTE = "space"
+# Attributes infra.ops.replay sets on what it republishes: the original message's id, and its publish time
+# (RFC 3339), which becomes the replayed calls' received_at (see `received_at`).
+REPLAY_OF = "replay_of"
+ORIGINAL_PUBLISH_TIME = "original_publish_time"
 # Fields of a Segment batch envelope that apply to every call lacking them.
 _ENVELOPE_DEFAULTS = ("sentAt",)
 
@@ -88,6 +92,39 @@ def _envelope(document: Any) -> tuple[list[Any], dict[str, Any]] | Rejection:
     if isinstance(document, dict):
         return [document], {}
     return Rejection(ErrorClass.INVALID_ENVELOPE, {"_schema": ['Expected a call object or {"batch": [...]}.']})
+
+
+def batch_of(data: bytes) -> tuple[list[Any], dict[str, Any]] | None:
+    """The raw calls of a `{"batch": [...]}` message and the envelope fields decode applies to each of them
+    (`sentAt`, an object `context`); None for anything else."""
+    try:
+        document = loads_strict(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not (isinstance(document, dict) and isinstance(document.get("batch"), list)):
+        return None
+    envelope = _envelope(document)
+    return None if isinstance(envelope, Rejection) else envelope
+
+
+def alone_in_envelope(raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """One call of a batch as a message of its own that decodes to the same call: the envelope with only
+    this call in it. Stored for a refused call of a batch, so that replaying it republishes the envelope's
+    `context` (its `personas.space_id` routes the call) and `sentAt` (its event time) with it."""
+    return {"batch": [raw], **defaults}
+
+
+def received_at(message: PubSubMessage) -> datetime:
+    """When the message's calls were received: its publish time. A replay (`replay_of` set, by infra.ops.replay)
+    carries the original message's publish time in `original_publish_time`, and that is used instead, so the
+    replayed calls get the received_at, hence the event time (`timestamp` derives from it when a call has
+    none) and the day partition, that the original delivery would have written; only `loaded_at` tells them
+    apart. A value that is no timestamp, or later than the message's own publish time, is ignored: a replay
+    is always published after its original."""
+    if REPLAY_OF not in message.attributes:
+        return message.publish_time
+    original = values.parse_timestamp(message.attributes.get(ORIGINAL_PUBLISH_TIME, ""))
+    return original if original is not None and original <= message.publish_time else message.publish_time
 
 
 def _with_defaults(raw: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
