@@ -72,7 +72,7 @@ def test_reconcile_replay_and_status(
 
     # An id never published is missing: exit 1.
     with ids.open("a") as f:
-        f.write(publish.ids_line("999999999", [f"{space}-never"], space))
+        f.write(publish.ids_line("999999999", [f"{space}-never"], space, started))
     code, out = run(reconcile.main, ["--ids-file", str(ids)], capsys)
     assert (code, out["totals"]["missing"]) == (1, 1)
     assert out["spaces"][0]["missing_ids"] == [{"pubsub_id": "999999999", "call_index": 0, "id": f"{space}-never"}]
