@@ -17,6 +17,8 @@ class FakeBigQuery:
     def __init__(self, project: str = "personas-test") -> None:
         self.project = project
         self.datasets: set[str] = set()
+        self.dataset_specs: dict[str, bigquery.Dataset] = {}  # as created: access entries, default key
+        self.dataset_listings = 0
         self.tables: dict[str, bigquery.Table] = {}
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.insert_calls = 0
@@ -32,9 +34,16 @@ class FakeBigQuery:
             raise gexc.NotFound(f"table {key}")
         return self.tables[key]
 
-    def create_dataset(self, dataset: bigquery.Dataset, **_: Any) -> bigquery.Dataset:
+    def create_dataset(self, dataset: bigquery.Dataset, exists_ok: bool = False, **_: Any) -> bigquery.Dataset:
+        if dataset.dataset_id in self.datasets and not exists_ok:
+            raise gexc.Conflict(f"Already Exists: Dataset {self.project}:{dataset.dataset_id}")
         self.datasets.add(dataset.dataset_id)
-        return dataset
+        self.dataset_specs.setdefault(dataset.dataset_id, dataset)
+        return self.dataset_specs[dataset.dataset_id]
+
+    def list_datasets(self, **_: Any) -> list[bigquery.DatasetReference]:
+        self.dataset_listings += 1
+        return [bigquery.DatasetReference(self.project, d) for d in sorted(self.datasets)]
 
     def create_table(self, table: bigquery.Table, exists_ok: bool = False, **_: Any) -> bigquery.Table:
         key = self._key(table.reference)

@@ -16,6 +16,7 @@ from personas_warehouse.logs import log
 from personas_warehouse.messages import PubSubMessage, RoutedCall, alone_in_envelope, batch_of, decode, received_at
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import DISCARDS, Discard, PendingRow, discard_rows, fit_rows, plan_columns, shape
+from personas_warehouse.spaces import catalog_of
 from schemas.tables import spec
 
 REJECTED_MESSAGES = "rejected_messages"
@@ -40,10 +41,11 @@ def ingest(
     deadline = Deadline(settings.ingest_deadline_seconds)
     decoded = decode(message, settings)
     outcome = Outcome(rejections=list(decoded.rejections))
+    admitted = _admitted(decoded.calls, outcome, warehouse, settings, deadline)
     arrived = received_at(message)
     pending = [
         row
-        for routed in decoded.calls
+        for routed in admitted
         for row in shape(routed, received_at=arrived, insert_prefix=message.message_id)
         if settings.space(routed.space).table_enabled(row.table)
     ]
@@ -74,8 +76,26 @@ def ingest(
         outcome.discards += len(items)
     if outcome.rejections:
         record_rejections(message, decoded.data, outcome.rejections, warehouse, settings, deadline, loaded_at)
-    _log_outcome(message, decoded.calls, pending, discards, outcome.rejections)
+    _log_outcome(message, admitted, pending, discards, outcome.rejections)
     return outcome
+
+
+def _admitted(
+    calls: list[RoutedCall], outcome: Outcome, warehouse: Warehouse, settings: Settings, deadline: Deadline
+) -> list[RoutedCall]:
+    """The calls whose space the space policy allows; the others become `space_refused` rejections (kept
+    with their space, so `replay --space` finds them once the policy allows it)."""
+    catalog = catalog_of(warehouse)
+    kept = []
+    for routed in calls:
+        reason = catalog.refusal(routed.space, settings, deadline)
+        if reason is None:
+            kept.append(routed)
+        else:
+            outcome.rejections.append(
+                Rejection(ErrorClass.SPACE_REFUSED, {"space": [reason]}, routed.index, routed.space)
+            )
+    return kept
 
 
 def _by_space(discards: Iterable[Discard], settings: Settings) -> dict[str, list[Discard]]:

@@ -7,7 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,8 +16,9 @@ from marshmallow import ValidationError
 
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
-from personas_warehouse.settings import Settings
+from personas_warehouse.settings import Settings, SpacePolicy
 from schemas.calls import Call, load_call, loads_strict
+from schemas.config import LISTED_SPACES
 
 SPACE_ATTRIBUTE = "space"
 # Attributes infra.ops.replay sets on what it republishes: the original message's id, and its publish time
@@ -146,6 +147,17 @@ def route(call: Call, attributes: Mapping[str, str], settings: Settings) -> str 
             {SPACE_ATTRIBUTE: [naming.SPACE_SLUG_RULE]},
         )
     return slug
+
+
+def space_refusal(space: str, policy: SpacePolicy, listed: Collection[str], existing: Collection[str]) -> str | None:
+    """Why the space policy refuses `space`, or None. `listed`: the spaces of the config file; `existing`:
+    the space datasets known to exist (an existing space is never refused by the count: lowering the
+    maximum does not cut off spaces already made)."""
+    if policy.allow == LISTED_SPACES:
+        return None if space in listed else f"Not one of the spaces listed in the config file ({sorted(listed)})."
+    if space in existing or len(existing) < policy.max_space_datasets:
+        return None
+    return f"{len(existing)} space datasets exist, the maximum of space_policy.max_space_datasets."
 
 
 def _b64decode_strict(text: str) -> bytes:

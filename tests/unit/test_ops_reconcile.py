@@ -16,7 +16,6 @@ from infra.ops.reconcile import Call, read_ids, reconcile_ids, reconcile_window
 from personas_warehouse.sql import UnsafeIdentifier
 from tests.unit._ops_fakes import T0, FakeReader, FakeSubscriber
 
-
 PUBLISHED_AFTER = T0 - timedelta(minutes=5)  # the rows of _ops_fakes are at T0
 
 
