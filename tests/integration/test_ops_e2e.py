@@ -86,7 +86,13 @@ def test_reconcile_replay_and_status(
     assert (record["source"], record["outcome"], record["space"]) == ("rejected", "published", space)
     [again] = wait_rows(bq, rejected_sql, 1, m=record["new_message_id"])
     assert again["error_class"] == "schema_violation"
-    assert json.loads(again["attributes"]) == {"space": space, "replay_of": bad_id}
+    [first] = wait_rows(bq, rejected_sql, 1, m=bad_id)
+    original_time = first["publish_time"].isoformat().replace("+00:00", "Z")
+    assert json.loads(again["attributes"]) == {
+        "space": space,
+        "replay_of": bad_id,
+        "original_publish_time": original_time,
+    }
 
     # A second run replays nothing: the original was replayed, the replay's own rejection is left alone.
     code, out = run(replay.main, ["--topic", stack.config.topic, "--space", space], capsys)
