@@ -20,6 +20,8 @@ class FakeBigQuery:
     def __init__(self, project: str = "personas-test") -> None:
         self.project = project
         self.datasets: set[str] = set()
+        self.dataset_specs: dict[str, bigquery.Dataset] = {}  # as created: access entries, default key
+        self.dataset_listings = 0
         self.tables: dict[str, bigquery.Table] = {}
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.insert_calls = 0
@@ -35,9 +37,16 @@ class FakeBigQuery:
             raise gexc.NotFound(f"table {key}")
         return self.tables[key]
 
-    def create_dataset(self, dataset: bigquery.Dataset, **_: Any) -> bigquery.Dataset:
+    def create_dataset(self, dataset: bigquery.Dataset, exists_ok: bool = False, **_: Any) -> bigquery.Dataset:
+        if dataset.dataset_id in self.datasets and not exists_ok:
+            raise gexc.Conflict(f"Already Exists: Dataset {self.project}:{dataset.dataset_id}")
         self.datasets.add(dataset.dataset_id)
-        return dataset
+        self.dataset_specs.setdefault(dataset.dataset_id, dataset)
+        return self.dataset_specs[dataset.dataset_id]
+
+    def list_datasets(self, **_: Any) -> list[bigquery.DatasetReference]:
+        self.dataset_listings += 1
+        return [bigquery.DatasetReference(self.project, d) for d in sorted(self.datasets)]
 
     def create_table(self, table: bigquery.Table, exists_ok: bool = False, **_: Any) -> bigquery.Table:
         key = self._key(table.reference)
@@ -66,9 +75,6 @@ class FakeBigQuery:
             assert not unknown, f"row has fields the table lacks: {unknown}"  # real BigQuery refuses them
         self.rows[key].extend(rows)
         return []
-
-    def list_datasets(self, **_: Any) -> list[SimpleNamespace]:
-        return [SimpleNamespace(dataset_id=d) for d in sorted(self.datasets)]
 
     def list_tables(self, dataset: Any, **_: Any) -> list[SimpleNamespace]:
         """tables.list: every table and view of a dataset, with its type."""

@@ -30,7 +30,11 @@ SETTINGS: Settings = load_settings()
 
 @cache
 def warehouse() -> Warehouse:
-    found = Warehouse(make_client(SETTINGS), write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000)
+    found = Warehouse(
+        make_client(SETTINGS),
+        write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000,
+        space_datasets=SETTINGS.space_datasets,
+    )
     if SETTINGS.bigquery_writer == STORAGE_WRITE:
         # Imported here: the Write API client (gRPC, protobuf) costs cold-start time only where it is used.
         from personas_warehouse.storage_write import StorageWriter, make_write_client

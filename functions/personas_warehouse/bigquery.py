@@ -21,7 +21,7 @@ from google.cloud import bigquery
 
 from personas_warehouse import group_commit, naming, sql, values
 from personas_warehouse.errors import TransientError
-from personas_warehouse.settings import Settings
+from personas_warehouse.settings import Settings, SpaceDatasets
 from schemas.tables import TableSpec
 
 if TYPE_CHECKING:  # imported only when BIGQUERY_WRITER=storage_write (app.py): no cold-start cost otherwise
@@ -66,6 +66,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, gexc.Forbidden):  # quota and rate limits come back as 403
         return any(e.get("reason") in ("rateLimitExceeded", "quotaExceeded") for e in exc.errors or [])
     return False
+
+
+def _access_entry(role: str, member: str) -> bigquery.AccessEntry:
+    """An IAM member (`serviceAccount:`, `user:`, `group:`, `domain:`; settings.MEMBER) as a dataset access
+    entry: service accounts and users by `userByEmail`, groups by `groupByEmail`
+    (https://cloud.google.com/bigquery/docs/reference/rest/v2/datasets#Dataset.FIELDS.access)."""
+    kind, _, who = member.partition(":")
+    entity = {"serviceAccount": "userByEmail", "user": "userByEmail", "group": "groupByEmail", "domain": "domain"}
+    return bigquery.AccessEntry(role, entity[kind], who)
 
 
 def make_client(settings: Settings) -> bigquery.Client:
@@ -179,8 +188,10 @@ class Warehouse:
         sleep: Callable[[float], None] = time.sleep,
         write_group_max_wait: float = 0.05,
         storage_writer: StorageWriter | None = None,
+        space_datasets: SpaceDatasets | None = None,
     ) -> None:
         self.client = client
+        self.space_datasets = space_datasets or SpaceDatasets()  # how a dataset is created: access, default key
         self.storage_writer = storage_writer  # BIGQUERY_WRITER=storage_write: rows go to the Write API
         # One per instance: the request threads' rows for one table meet here and share writes.
         self._groups: group_commit.GroupCommit[_Entry, Problems] = group_commit.GroupCommit(
@@ -205,7 +216,7 @@ class Warehouse:
         self._schemas.pop((dataset, table), None)
 
     def ensure_table(self, dataset: str, table: str, spec: TableSpec, deadline: Deadline) -> Schema:
-        """The table's schema, creating the dataset and table (partitioned, clustered) when missing."""
+        """The table's schema, creating the table (partitioned, clustered) and, when missing, its dataset."""
         key = (dataset, table)
         self._specs[key] = spec
         if key in self._schemas:
@@ -214,12 +225,6 @@ class Warehouse:
         try:
             found = self.client.get_table(ref, retry=deadline.retry(), timeout=deadline.budget(10))
         except gexc.NotFound:
-            self.client.create_dataset(
-                bigquery.Dataset(f"{self.project}.{dataset}"),
-                exists_ok=True,
-                retry=deadline.retry(),
-                timeout=deadline.budget(10),
-            )
             new = bigquery.Table(
                 ref, schema=[bigquery.SchemaField(c.name, c.type, description=c.description) for c in spec.columns]
             )
@@ -230,7 +235,15 @@ class Warehouse:
                 whole = bigquery.PartitionRange(start=0, end=spec.buckets, interval=1)
                 new.range_partitioning = bigquery.RangePartitioning(field=sql.BUCKET, range_=whole)
             new.clustering_fields = list(spec.clustering) or None
-            found = self.client.create_table(new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
+            try:
+                found = self.client.create_table(
+                    new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10)
+                )
+            except gexc.NotFound:  # "Not found: Dataset": the first table of a new space
+                self._create_dataset(dataset, deadline)
+                found = self.client.create_table(
+                    new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10)
+                )
             if spec.dedup_view:
                 view = bigquery.Table(self.table_ref(dataset, naming.view_name(table)))
                 view.view_query = sql.dedup_view_sql(self.project, dataset, table)
@@ -238,6 +251,27 @@ class Warehouse:
                 self.client.create_table(view, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
         self._schemas[key] = _schema_of(found)
         return self._schemas[key]
+
+    def _create_dataset(self, dataset: str, deadline: Deadline) -> None:
+        """Create a dataset as `space_datasets` says: only after a table create found it missing, so that a
+        caller without bigquery.datasets.create (the sync) never needs it for a dataset that exists. Access
+        entries given at creation replace BigQuery's defaults, the creator's OWNER included ("Roles that
+        you specify on dataset creation overwrite the default values":
+        https://cloud.google.com/bigquery/docs/access-control-basic-roles), and a dataset needs an OWNER,
+        so project owners are kept as one. The default key encrypts every table made in it later
+        (https://cloud.google.com/bigquery/docs/customer-managed-encryption); BigQuery's service agent must
+        hold encrypt/decrypt on it (Terraform grants it)."""
+        new = bigquery.Dataset(f"{self.project}.{dataset}")
+        options = self.space_datasets
+        if options.writers or options.readers:
+            new.access_entries = [
+                bigquery.AccessEntry("OWNER", "specialGroup", "projectOwners"),
+                *(_access_entry("WRITER", member) for member in options.writers),
+                *(_access_entry("READER", member) for member in options.readers),
+            ]
+        if options.kms_key_name:
+            new.default_encryption_configuration = bigquery.EncryptionConfiguration(kms_key_name=options.kms_key_name)
+        self.client.create_dataset(new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
 
     def add_columns(self, dataset: str, table: str, columns: dict[str, str], deadline: Deadline) -> Schema:
         """Add NULLABLE columns. Read-modify-write guarded by the table's etag: when another instance

@@ -22,6 +22,7 @@ class ErrorClass(StrEnum):
     INVALID_PUSH = "invalid_push"  # the HTTP body is not a Pub/Sub push body (not JSON, no message, ...)
     SCHEMA_VIOLATION = "schema_violation"  # marshmallow refused the call (unknown type, missing ids, ...)
     UNSAFE_SPACE = "unsafe_space"  # the space is not a safe dataset slug
+    SPACE_REFUSED = "space_refused"  # the space policy refuses the space (not listed, or too many spaces)
     ROW_REFUSED = "row_refused"  # BigQuery refused the row itself (not the request)
 
 

@@ -58,6 +58,7 @@ resource "google_cloudfunctions2_function" "ingest" {
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.ingest,
+    google_bigquery_dataset_access.ops_writers,
     google_project_iam_member.build,
     google_project_iam_member.build_reads_function_sources,
     google_storage_bucket_iam_member.build_reads_source,
@@ -103,6 +104,7 @@ resource "google_cloudfunctions2_function" "sync" {
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.sync,
+    google_bigquery_dataset_access.ops_writers,
     google_project_iam_member.build,
     google_project_iam_member.build_reads_function_sources,
     google_storage_bucket_iam_member.build_reads_source,

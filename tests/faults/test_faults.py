@@ -61,6 +61,8 @@ class Harness:
     proxy: FaultProxy | None = None
     space: str = SPACE
     sync_statuses: list[int] = field(default_factory=list)
+    # Before anything is published: the ids file's published_after, from which reconcile reads the tables.
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def topic(self) -> str:
@@ -174,7 +176,7 @@ def publish_batches(h: Harness, calls: list[dict[str, Any]], size: int) -> None:
 def _record_ids(h: Harness, futures: list[tuple[Any, list[str]]]) -> None:
     with h.ids_file.open("a", encoding="utf-8") as out:
         for future, call_ids in futures:
-            out.write(publish.ids_line(str(future.result(timeout=60)), call_ids, h.space))
+            out.write(publish.ids_line(str(future.result(timeout=60)), call_ids, h.space, h.created))
 
 
 def push_body(message_id: str, call: dict[str, Any], space: str) -> bytes:
@@ -474,7 +476,9 @@ def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path) -> None:
             attempts = list(pool.map(deliver, range(n)))
         elapsed = time.monotonic() - started
         h.ids_file.write_text(
-            "".join(publish.ids_line(f"race-msg-{i}", [c["messageId"]], h.space) for i, c in enumerate(calls))
+            "".join(
+                publish.ids_line(f"race-msg-{i}", [c["messageId"]], h.space, h.created) for i, c in enumerate(calls)
+            )
         )
         _say(
             f"schema race: {n} messages, {2 * n} new columns in {elapsed:.0f}s, {len(retried)} retried answers "
