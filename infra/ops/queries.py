@@ -138,19 +138,31 @@ def rejections_since(project: str, ops_dataset: str, since: datetime) -> Query:
     return Query("rejections_since", sql, (Param("since", "TIMESTAMP", since),))
 
 
-def last_syncs(project: str, ops_dataset: str) -> Query:
-    """Per space: the newest run (and its status) and the newest successful one with its watermark."""
+def last_syncs(project: str, ops_dataset: str, since: datetime) -> Query:
+    """Per space and derived table: the newest run (and its status) and the newest successful one with its
+    watermark, among the runs started from `since` on (sync_history is partitioned by started_at; a row
+    from before the history named its table is `users`)."""
     history = table(project, ops_dataset, "sync_history")
+    runs = f"SELECT space, COALESCE(table_name, 'users') AS name, * EXCEPT (space, table_name) FROM {history}"
     sql = (
-        "SELECT a.space AS space, a.last_success AS last_success, a.watermark_to AS watermark_to, "
-        "b.started_at AS last_run, b.status AS last_status FROM ("
-        "SELECT space, MAX(IF(status IN UNNEST(@ok), finished_at, NULL)) AS last_success, "
-        f"MAX(IF(status IN UNNEST(@ok), watermark_to, NULL)) AS watermark_to FROM {history} GROUP BY space) a "
-        "JOIN (SELECT space, started_at, status FROM (SELECT space, started_at, status, "
-        f"ROW_NUMBER() OVER (PARTITION BY space ORDER BY started_at DESC) AS r FROM {history}) WHERE r = 1) b "
-        "ON a.space = b.space"
+        "SELECT a.space AS space, a.name AS table_name, a.last_success AS last_success, "
+        "a.watermark_to AS watermark_to, b.started_at AS last_run, b.status AS last_status FROM ("
+        "SELECT space, name, MAX(IF(status IN UNNEST(@ok), finished_at, NULL)) AS last_success, "
+        f"MAX(IF(status IN UNNEST(@ok), watermark_to, NULL)) AS watermark_to FROM ({runs}) "
+        "WHERE started_at >= @since GROUP BY space, name) a "
+        "JOIN (SELECT space, name, started_at, status FROM (SELECT space, name, started_at, status, "
+        f"ROW_NUMBER() OVER (PARTITION BY space, name ORDER BY started_at DESC) AS r FROM ({runs}) "
+        "WHERE started_at >= @since) WHERE r = 1) b ON a.space = b.space AND a.name = b.name"
     )
-    return Query("last_syncs", sql, (Param("ok", "STRING", list(SYNC_OK)),))
+    return Query("last_syncs", sql, (Param("ok", "STRING", list(SYNC_OK)), Param("since", "TIMESTAMP", since)))
+
+
+def duplicate_keys(project: str, tables: Sequence[SpaceTable]) -> Query:
+    """Per space: rows of users_state and distinct user ids in it (one row per id is the sync's invariant:
+    any difference is a bug to report). Reads the id column of the whole table."""
+    union, params = _union(project, tables, "id", "TRUE")
+    sql = f"SELECT space, COUNT(*) AS n_rows, COUNT(DISTINCT id) AS ids FROM (\n{union}\n) GROUP BY space"
+    return Query("duplicate_keys", sql, tuple(params))
 
 
 def rows_written(project: str, tables: Sequence[SpaceTable], hour: datetime, day: datetime) -> Query:

@@ -59,9 +59,18 @@ class FakeReader:
         row["space"] = row.pop("space_column")
         self.ops.setdefault("rejected_messages", []).append(row)
 
-    def sync(self, space: str, status: str, started: datetime, watermark: datetime | None) -> None:
+    def sync(
+        self, space: str, status: str, started: datetime, watermark: datetime | None, table: str | None = "users"
+    ) -> None:
         self.ops.setdefault("sync_history", []).append(
-            {"space": space, "status": status, "started_at": started, "finished_at": started, "watermark_to": watermark}
+            {
+                "space": space,
+                "table_name": table,
+                "status": status,
+                "started_at": started,
+                "finished_at": started,
+                "watermark_to": watermark,
+            }
         )
 
     # --- the Reader protocol ---
@@ -149,23 +158,32 @@ class FakeReader:
         return [{"space": s, "error_class": c, "n": n} for (s, c), n in counts.items()]
 
     def _last_syncs(self, query: Query) -> list[dict[str, Any]]:
-        ok = set(query.param("ok"))
-        by_space: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        ok, since = set(query.param("ok")), query.param("since")
+        by_table: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for r in self.ops.get("sync_history", []):
-            by_space[r["space"]].append(r)
+            if r["started_at"] >= since:
+                by_table[(r["space"], r["table_name"] or "users")].append(r)
         out = []
-        for space, runs in by_space.items():
+        for (space, name), runs in by_table.items():
             good = [r for r in runs if r["status"] in ok]
             newest = max(runs, key=lambda r: r["started_at"])
             out.append(
                 {
                     "space": space,
+                    "table_name": name,
                     "last_success": max((r["finished_at"] for r in good), default=None),
                     "watermark_to": max((r["watermark_to"] for r in good if r["watermark_to"]), default=None),
                     "last_run": newest["started_at"],
                     "last_status": newest["status"],
                 }
             )
+        return out
+
+    def _duplicate_keys(self, query: Query) -> list[dict[str, Any]]:
+        out = []
+        for space, table in self._tables(query):
+            ids = [r["id"] for r in self.raw.get((space, table), [])]
+            out.append({"space": space, "n_rows": len(ids), "ids": len(set(ids))})
         return out
 
     def _rows_written(self, query: Query) -> list[dict[str, Any]]:

@@ -63,7 +63,7 @@ class AnalyzingReader:
         return [{name: PLAUSIBLE[kind] for name, kind in analysis.columns.items()}] if not analysis.errors else []
 
     def space_tables(self) -> dict[str, frozenset[str]]:
-        return {space: frozenset({"identifies", "tracks", "discards", "users"}) for space in SPACES}
+        return {space: frozenset({"identifies", "tracks", "discards", "users", "users_state"}) for space in SPACES}
 
     def ops_tables(self) -> frozenset[str]:
         return frozenset({"rejected_messages", "sync_history", "replays"})
