@@ -221,3 +221,12 @@ resource "google_kms_crypto_key_iam_member" "cmek" {
   role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
   member        = each.value
 }
+
+# The functions read FORGET_HASH_KEY from that one secret, and no other (docs/forget.md, "The key").
+resource "google_secret_manager_secret_iam_member" "functions_read_forget_key" {
+  for_each  = var.forget_hash_key_secret == null ? {} : { for name in ["ingest", "sync"] : name => name }
+  project   = var.project
+  secret_id = var.forget_hash_key_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${each.key == "ingest" ? google_service_account.ingest.email : google_service_account.sync.email}"
+}

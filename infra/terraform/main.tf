@@ -17,8 +17,9 @@ resource "google_project_service" "apis" {
     "iam.googleapis.com",
     "logging.googleapis.com", # build and function logs
     "pubsub.googleapis.com",
-    "run.googleapis.com",          # gen2 functions run as Cloud Run services
-    "serviceusage.googleapis.com", # bootstrapped: enables the others
+    "run.googleapis.com",           # gen2 functions run as Cloud Run services
+    "secretmanager.googleapis.com", # FORGET_HASH_KEY (var.forget_hash_key_secret)
+    "serviceusage.googleapis.com",  # bootstrapped: enables the others
     "storage.googleapis.com",
   ])
 

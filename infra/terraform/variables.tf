@@ -251,3 +251,14 @@ variable "sync_overlap_seconds" {
     error_message = "sync_overlap_seconds must be at least ingest_timeout_seconds - ingest_deadline_margin_seconds + 30: raise it with the ingest timeout."
   }
 }
+
+variable "forget_hash_key_secret" {
+  description = "Secret Manager secret (its id, in var.project) holding FORGET_HASH_KEY, the key of forgotten users' hashes (docs/forget.md). Both functions read its latest version as FORGET_HASH_KEY and may access that secret only. null: no key, and python -m infra.ops.forget refuses to start."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.forget_hash_key_secret == null || can(regex("^[A-Za-z0-9_-]{1,255}$", var.forget_hash_key_secret))
+    error_message = "forget_hash_key_secret must be a Secret Manager secret id (1 to 255 of A-Z, a-z, 0-9, _ and -)."
+  }
+}

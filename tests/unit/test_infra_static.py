@@ -503,6 +503,7 @@ EXPECTED_ROLES = {
     "roles/artifactregistry.writer",
     "roles/storage.objectViewer",
     "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+    "roles/secretmanager.secretAccessor",
 }
 SERVICE_ACCOUNTS = {"ingest", "sync", "push", "scheduler", "build"}
 
@@ -798,6 +799,7 @@ DEPLOYER_ROLE_FOR = {
     "google_artifact_registry_repository_iam_member": "roles/artifactregistry.admin",
     "google_storage_bucket_iam_member": "roles/storage.admin",
     "google_kms_crypto_key_iam_member": "roles/cloudkms.admin",
+    "google_secret_manager_secret_iam_member": "roles/secretmanager.admin",
 }
 
 
@@ -833,6 +835,20 @@ def test_the_apis_that_cannot_enable_themselves_are_bootstrapped_and_terraform_e
         assert any(agent in value for value in _locals().values() if isinstance(value, str))
         assert f"services identity create --service={api}.googleapis.com" in bootstrap
         assert f"{api}.googleapis.com" in bootstrapped
+
+
+def test_the_forget_key_reaches_both_functions_from_its_secret_only() -> None:
+    """FORGET_HASH_KEY comes from Secret Manager (never a plain variable), to both functions, and each function
+    may access that one secret (docs/forget.md, "The key")."""
+    for name in ("ingest", "sync"):
+        service = _block(_resource("google_cloudfunctions2_function", name), "service_config")
+        secret = service["dynamic"][0]["secret_environment_variables"]
+        assert secret["for_each"] == "${var.forget_hash_key_secret == null ? [] : [var.forget_hash_key_secret]}"
+        assert secret["content"][0]["key"] == "FORGET_HASH_KEY" and secret["content"][0]["version"] == "latest"
+    grant = _resource("google_secret_manager_secret_iam_member", "functions_read_forget_key")
+    assert grant["role"] == "roles/secretmanager.secretAccessor"
+    assert grant["secret_id"] == "${var.forget_hash_key_secret}"
+    assert "FORGET_HASH_KEY" not in _locals()["managed_env"] and "forget_hash_key" not in _variables()
 
 
 def test_the_deployer_roles_cover_every_resource_type() -> None:
