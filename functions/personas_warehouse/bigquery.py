@@ -183,7 +183,7 @@ class Warehouse:
         self.client = client
         self.storage_writer = storage_writer  # BIGQUERY_WRITER=storage_write: rows go to the Write API
         # One per instance: the request threads' rows for one table meet here and share writes.
-        self._groups: group_commit.GroupCommit[_Entry, Problems] = group_commit.GroupCommit(
+        self._groups: group_commit.GroupCommit[_Entry, Problems, Deadline] = group_commit.GroupCommit(
             self._write_group,
             max_items=INSERT_ROWS_PER_REQUEST,
             max_size=INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES,
@@ -283,16 +283,14 @@ class Warehouse:
         refused += [RowRefusal(fitting[i], errors) for i, errors in written.items()]
         return sorted(refused, key=lambda r: r.index)
 
-    def _write_group(
-        self, key: Hashable, entries: list[_Entry], deadline: group_commit.Deadline
-    ) -> dict[int, Problems]:
+    def _write_group(self, key: Hashable, entries: list[_Entry], deadline: Deadline) -> dict[int, Problems]:
         """One group's rows (of one or many requests): {index in entries: BigQuery's errors} for the rows
         refused for themselves, once every other row is written. By the Storage Write API when configured,
         else by insertAll in requests within its limits, each until its rows are written or refused."""
         dataset, table = cast(tuple[str, str], key)
         if self.storage_writer is not None:
             written = self.storage_writer.write(
-                dataset, table, [e.row for e in entries], [e.insert_id for e in entries], cast(Deadline, deadline)
+                dataset, table, [e.row for e in entries], [e.insert_id for e in entries], deadline
             )
             return {refusal.index: refusal.errors for refusal in written}
         expected: Schema = {}
@@ -302,7 +300,7 @@ class Warehouse:
         ids = [e.insert_id for e in entries]
         refused: dict[int, Problems] = {}
         for request in _requests(range(len(entries)), [e.size for e in entries]):
-            refused.update(self._send(dataset, table, wire, ids, request, expected, cast(Deadline, deadline)))
+            refused.update(self._send(dataset, table, wire, ids, request, expected, deadline))
         return refused
 
     def _send(
