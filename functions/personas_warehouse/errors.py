@@ -43,3 +43,8 @@ class Rejection:
 
 class TransientError(Exception):
     """Retry later: raised out of the function so that Pub/Sub redelivers."""
+
+
+class RequestRefused(Exception):
+    """BigQuery refused a request we should never have made (a bug, not the rows' fault): raised as is, never
+    retried inside the deadline; Pub/Sub redelivers and, if it keeps failing, dead-letters the message."""

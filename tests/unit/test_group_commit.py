@@ -385,7 +385,7 @@ def test_concurrent_inserts_share_insertall_requests_and_each_gets_its_own_refus
             )
             for i in range(16)
         ]
-        wait_until(lambda: len(warehouse._groups._tables[("personas_default", "identifies")].open.items) == 16)
+        wait_until(lambda: len(warehouse._groups[0]._tables[("personas_default", "identifies")].open.items) == 16)
         release.set()
         results = [f.result() for f in futures]
     assert first.result() == []
