@@ -24,7 +24,7 @@ from personas_warehouse.deadline import FIRST_DELAY, pause
 from personas_warehouse.deadline import Deadline as Deadline  # re-exported: ingest, sync and app import it here
 from personas_warehouse.errors import TransientError
 from personas_warehouse.settings import Settings
-from personas_warehouse.writers.contract import Deferred, Entry, Problems, Verdict, Writer, entry
+from personas_warehouse.writers.contract import Deferred, Entry, Problems, Verdict, Writer
 from personas_warehouse.writers.contract import RowRefusal as RowRefusal
 from personas_warehouse.writers.contract import Schema as Schema
 from personas_warehouse.writers.insert_all import InsertAllWriter
@@ -175,23 +175,24 @@ class Warehouse:
         raises here, in every request it carried (TransientError: Pub/Sub redelivers). Rows a writer defers
         (a column BigQuery does not show it yet) go to the next writer, or after a backoff to the last one
         again, within this request's deadline: they never hold back the other requests' rows."""
+        if len(rows) != len(insert_ids):
+            raise ValueError("one insert id per row")
         fitted_to = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
-        entries = [entry(row, insert_id, fitted_to) for row, insert_id in zip(rows, insert_ids, strict=True)]
         refused: dict[int, Problems] = {}
-        pending = list(range(len(entries)))
+        pending = list(range(len(rows)))
         stage, delay = 0, FIRST_DELAY
         while True:
             writer = self.writers[stage]
-            sending = []
+            sending, entries = [], []
             for i in pending:
-                problems = writer.oversized(entries[i])
+                prepared = writer.prepare(dataset, table, rows[i], insert_ids[i], fitted_to)
+                problems = writer.oversized(prepared)
                 if problems is None:
                     sending.append(i)
+                    entries.append(prepared)
                 else:
                     refused[i] = problems
-            verdicts = self._groups[stage].submit(
-                (dataset, table), [entries[i] for i in sending], [entries[i].size for i in sending], deadline
-            )
+            verdicts = self._groups[stage].submit((dataset, table), entries, [e.size for e in entries], deadline)
             deferred: dict[int, Deferred] = {}
             for n, verdict in verdicts.items():
                 if isinstance(verdict, Deferred):

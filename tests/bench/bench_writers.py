@@ -38,7 +38,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 
 import personas_warehouse.writers.storage_write as storage_write
 from personas_warehouse.bigquery import Deadline, Schema
-from personas_warehouse.writers.contract import Entry, Writer, entry
+from personas_warehouse.writers.contract import Entry, Writer
 from personas_warehouse.writers.insert_all import InsertAllWriter
 from personas_warehouse.writers.storage_write import StorageWriteWriter
 
@@ -87,8 +87,8 @@ def sample_rows(n: int = ROWS, start: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def entries(rows: Sequence[dict[str, Any]]) -> list[Entry]:
-    return [entry(row, row["id"], SCHEMA) for row in rows]
+def entries(writer: Writer, rows: Sequence[dict[str, Any]]) -> list[Entry]:
+    return [writer.prepare(DATASET, TABLE, row, row["id"], SCHEMA) for row in rows]
 
 
 class _Session(requests.Session):
@@ -139,7 +139,7 @@ class _Tables:
 
 def _write(writer: Writer, rows: list[dict[str, Any]]) -> None:
     """As Warehouse.insert does it in one request: prepare the rows, write them."""
-    assert writer.write(DATASET, TABLE, entries(rows), Deadline(60), _Tables()) == {}
+    assert writer.write(DATASET, TABLE, entries(writer, rows), Deadline(60), _Tables()) == {}
 
 
 # -- 1. a batch ---------------------------------------------------------------------------------------

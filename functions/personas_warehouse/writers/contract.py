@@ -16,12 +16,10 @@ not the rows' fault, and retrying it would only delay the redelivery.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from personas_warehouse import values
 from personas_warehouse.deadline import Deadline
 
 Schema = dict[str, str]  # column -> standard SQL type, as the table has it
@@ -46,25 +44,16 @@ Verdict = Problems | Deferred  # for each row not simply written
 
 @dataclass(frozen=True)
 class Entry:
-    """One row on its way, prepared by the request's own thread (so the request that writes a shared
-    group does not pay for the others'): the row, its insert id, the schema it was fitted to, the row as
-    insertAll sends it and the bytes it adds to an insertAll request (groups are sized by it)."""
+    """One row on its way, prepared by the writer in the request's own thread (so the request that writes a
+    shared group does not pay for the others'): the row, its insert id, the schema it was fitted to, the
+    writer's own form of it (insertAll: the row as JSON sends it; the Write API: its protobuf encoding) and
+    the bytes it adds to that writer's request (groups are sized by it)."""
 
     row: dict[str, Any]
     insert_id: str
     fitted_to: Schema
-    wire: dict[str, Any]
+    wire: Any
     size: int
-
-
-def entry(row: dict[str, Any], insert_id: str, fitted_to: Schema) -> Entry:
-    wire = values.wire_row(row)
-    return Entry(row, insert_id, fitted_to, wire, json_bytes(wire, insert_id))
-
-
-def json_bytes(wire: dict[str, Any], insert_id: str) -> int:
-    """Bytes one row adds to an insertAll body, serialized as google-cloud-bigquery does (json.dumps)."""
-    return len(json.dumps({"json": wire, "insertId": insert_id}).encode("utf-8"))
 
 
 class Tables(Protocol):
@@ -91,6 +80,10 @@ class Writer(Protocol):
     name: str  # BIGQUERY_WRITER's value for it
     max_group_rows: int  # a shared group closes at this many rows...
     max_group_bytes: int  # ...or this many bytes (Entry.size)
+
+    def prepare(self, dataset: str, table: str, row: dict[str, Any], insert_id: str, fitted_to: Schema) -> Entry:
+        """The row made ready for this writer (in the request's own thread)."""
+        ...
 
     def oversized(self, item: Entry) -> Problems | None:
         """Why the row alone is too big for any request of this writer (checked before it joins a group)."""

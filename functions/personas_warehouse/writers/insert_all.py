@@ -20,6 +20,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
+from personas_warehouse import values
 from personas_warehouse.deadline import FIRST_DELAY, Deadline, pause
 from personas_warehouse.errors import TransientError
 from personas_warehouse.writers.contract import Deferred, Entry, Problems, Schema, Tables, Verdict
@@ -54,6 +55,11 @@ def _unseen_column(problem: dict[str, Any]) -> str:
     return message.lower().split(_NO_SUCH_FIELD, 1)[-1].strip(" :.") or "?"
 
 
+def json_bytes(wire: dict[str, Any], insert_id: str) -> int:
+    """Bytes one row adds to an insertAll body, serialized as google-cloud-bigquery does (json.dumps)."""
+    return len(json.dumps({"json": wire, "insertId": insert_id}).encode("utf-8"))
+
+
 def _too_big(size: int) -> dict[str, Any]:
     message = f"Row is {size} bytes as JSON; one insertAll request carries at most {ROW_BYTES_BUDGET} bytes of rows."
     return {"reason": "invalid", "location": "", "message": message}
@@ -84,6 +90,10 @@ class InsertAllWriter:
     def __init__(self, client: bigquery.Client, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
         self._sleep = sleep
+
+    def prepare(self, dataset: str, table: str, row: dict[str, Any], insert_id: str, fitted_to: Schema) -> Entry:
+        wire = values.wire_row(row)
+        return Entry(row, insert_id, fitted_to, wire, json_bytes(wire, insert_id))
 
     def oversized(self, item: Entry) -> Problems | None:
         return [_too_big(item.size)] if item.size > ROW_BYTES_BUDGET else None

@@ -177,10 +177,6 @@ class Layout:
             present[name] = timestamp_micros(present[name])
         return bytes(self.row_class(**present).SerializeToString())
 
-    def carried(self, row: dict[str, Any]) -> frozenset[str]:
-        """The fields a row's encoding carries (its columns with a value)."""
-        return frozenset(k for k, v in row.items() if v is not None)
-
     def descriptor_for(self, fields: frozenset[str]) -> descriptor_pb2.DescriptorProto:
         """The descriptor of an append whose rows carry `fields`: those fields only."""
         found = self._partial.get(fields)
@@ -217,17 +213,9 @@ def build_layout(schema: Schema) -> Layout:
 
 
 def _row_bytes(size: int) -> int:
-    """Bytes one serialized row adds to a request: its tag, its length prefix, itself."""
-    return 1 + len(_varint(size)) + size
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
+    """Bytes one serialized row adds to a request: its tag, its length prefix (a varint: 7 bits a byte),
+    itself."""
+    return 1 + max(1, -(-size.bit_length() // 7)) + size
 
 
 def _requests(indices: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
@@ -242,6 +230,20 @@ def _requests(indices: Sequence[int], sizes: dict[int, int], budget: int) -> Ite
         used += sizes[i]
     if run:
         yield run
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A row as prepare() left it: encoded with `layout` (None: not yet), and the fields it carries."""
+
+    layout: Layout | None
+    body: bytes | None
+    carried: frozenset[str]
+
+
+def _estimate(row: dict[str, Any]) -> int:
+    """About the bytes a row not encoded yet will take (it sizes groups; appends are split on the real size)."""
+    return sum(len(k) + (len(v) if isinstance(v, str) else 10) + 3 for k, v in row.items() if v is not None)
 
 
 def _problems(message: str, location: str = "") -> Problems:
@@ -455,7 +457,7 @@ class StorageWriteWriter:
 
     name = "storage_write"
     max_group_rows = 10_000
-    max_group_bytes = APPEND_BYTES_PER_REQUEST  # of rows as JSON (Entry.size), more than as protobuf
+    max_group_bytes = APPEND_BYTES_PER_REQUEST
 
     def __init__(
         self,
@@ -475,6 +477,21 @@ class StorageWriteWriter:
         self.connections = Connections(client, clock)
         self.appends = 0  # AppendRows requests sent (tests, benchmark)
 
+    def prepare(self, dataset: str, table: str, row: dict[str, Any], insert_id: str, fitted_to: Schema) -> Entry:
+        """The row encoded with the table's layout when this instance has one that covers it (else in
+        write(), after a fresh read of the table). The insert id is not sent: the default stream does not
+        deduplicate."""
+        carried = frozenset(k for k, v in row.items() if v is not None)
+        layout = self._layouts.get((dataset, table))
+        body = None
+        if layout is not None and carried <= layout.fields:
+            try:
+                body = layout.encode(row)
+            except (TypeError, ValueError, OverflowError):
+                body = None  # write() refuses it, or finds the table changed
+        size = _row_bytes(len(body)) if body is not None else _estimate(row)
+        return Entry(row, insert_id, fitted_to, _Prepared(layout, body, carried), size)
+
     def oversized(self, item: Entry) -> Problems | None:
         return None  # measured on the encoded row, in write()
 
@@ -485,16 +502,17 @@ class StorageWriteWriter:
     def write(
         self, dataset: str, table: str, entries: Sequence[Entry], deadline: Deadline, tables: Tables
     ) -> dict[int, Verdict]:
+        prepared: list[_Prepared] = [e.wire for e in entries]
         rows = [e.row for e in entries]
         verdicts: dict[int, Verdict] = {}
         pending = list(range(len(rows)))
         delay = FIRST_DELAY
         sight = self.sight(dataset, table)
         while pending:
-            layout = self._layout(dataset, table, rows, pending, deadline, tables)
-            encoded, refused = self._encode(dataset, table, layout, rows, pending, deadline, tables)
+            layout = self._layout(dataset, table, prepared, pending, deadline, tables)
+            encoded, refused = self._encode(dataset, table, layout, rows, prepared, pending, deadline, tables)
             verdicts.update(refused)
-            carried = {i: layout.carried(rows[i]) for i in encoded}
+            carried = {i: prepared[i].carried for i in encoded}
             with self._lock:
                 ready, probe, waiting = sight.sort(carried, self._clock())
             verdicts.update({i: Deferred(columns) for i, columns in waiting.items()})
@@ -523,13 +541,13 @@ class StorageWriteWriter:
         self,
         dataset: str,
         table: str,
-        rows: Sequence[dict[str, Any]],
+        prepared: Sequence[_Prepared],
         pending: list[int],
         deadline: Deadline,
         tables: Tables,
     ) -> Layout:
         """The cached layout, or one built from a fresh read when the rows carry a column it lacks."""
-        needed = {name for i in pending for name, value in rows[i].items() if value is not None}
+        needed = frozenset[str]().union(*(prepared[i].carried for i in pending))
         layout = self._layouts.get((dataset, table))
         delay = FIRST_DELAY
         for attempt in range(_SCHEMA_READS):
@@ -561,15 +579,21 @@ class StorageWriteWriter:
         table: str,
         layout: Layout,
         rows: Sequence[dict[str, Any]],
+        prepared: Sequence[_Prepared],
         pending: list[int],
         deadline: Deadline,
         tables: Tables,
     ) -> tuple[dict[int, bytes], dict[int, Verdict]]:
-        """Serialized rows; a row whose values do not fit the table's types is refused for itself, as
-        BigQuery would, unless the table changed types under us (then the message is re-fitted)."""
+        """Serialized rows (as prepared when they were encoded with this layout); a row whose values do not
+        fit the table's types is refused for itself, as BigQuery would, unless the table changed types
+        under us (then the message is re-fitted)."""
         encoded: dict[int, bytes] = {}
         failed: dict[int, str] = {}
         for i in pending:
+            ready = prepared[i]
+            if ready.layout is layout and ready.body is not None:
+                encoded[i] = ready.body
+                continue
             try:
                 encoded[i] = layout.encode(rows[i])
             except (TypeError, ValueError, OverflowError) as exc:
