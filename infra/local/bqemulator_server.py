@@ -23,9 +23,10 @@
    cursor of its own (DuckDB's thread-safe way: another connection to the same database).
 
 Also, for the benchmark (tests/bench): write requests are counted on the server side, and
-`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m}`: POSTs that reached the
-tabledata.insertAll route, and AppendRowsRequests received on Storage Write API streams (one request
-is one write, however many rows it carries). Local tooling only; real BigQuery has no such route.
+`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m, "appendRowsConnections": c}`: POSTs
+that reached the tabledata.insertAll route, AppendRowsRequests received on Storage Write API streams (one
+request is one write, however many rows it carries), and AppendRows connections opened. Local tooling only;
+real BigQuery has no such route.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _with_view_query(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any
     return table_to_rest
 
 
-COUNTERS = {"insertAll": 0, "appendRows": 0}
+COUNTERS = {"insertAll": 0, "appendRows": 0, "appendRowsConnections": 0}
 _COUNTERS_LOCK = threading.Lock()  # REST runs on the event loop, gRPC on a thread pool
 
 
@@ -163,6 +164,8 @@ def _with_counters(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _counting_appends(original: Callable[..., Iterator[bytes]]) -> Callable[..., Iterator[bytes]]:
     def handle_append_rows(self: Any, request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        _count("appendRowsConnections")  # one call of the handler per AppendRows connection
+
         def counted() -> Iterator[bytes]:
             for request in request_iterator:
                 _count("appendRows")

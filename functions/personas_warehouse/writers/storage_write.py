@@ -56,7 +56,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import grpc  # type: ignore[import-untyped]  # no stub package is pinned; used at a few call sites
@@ -101,6 +101,7 @@ _PROTO_TYPES = {
 }
 _PROTO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _EXTRA_FIELDS = re.compile(r"Input schema has more fields than BigQuery schema, extra fields: '([^']*)'")
 _SCHEMA_MISMATCH_EXTRA_FIELDS = types.StorageError.StorageErrorCode.SCHEMA_MISMATCH_EXTRA_FIELDS
 _TRANSIENT_CODES = frozenset(
@@ -139,8 +140,7 @@ def timestamp_micros(value: Any) -> int:
     moment = value if isinstance(value, datetime) else _parse(str(value))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # BigQuery reads a zoneless timestamp as UTC
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _parse(text: str) -> datetime:
@@ -172,7 +172,10 @@ class Layout:
     )
 
     def encode(self, row: dict[str, Any]) -> bytes:
-        present = {k: v for k, v in row.items() if v is not None}
+        return self.encode_present({k: v for k, v in row.items() if v is not None})
+
+    def encode_present(self, present: dict[str, Any]) -> bytes:
+        """A row without its None values (changed in place: timestamps become microseconds)."""
         for name in self.timestamps.intersection(present):
             present[name] = timestamp_micros(present[name])
         return bytes(self.row_class(**present).SerializeToString())
@@ -481,12 +484,13 @@ class StorageWriteWriter:
         """The row encoded with the table's layout when this instance has one that covers it (else in
         write(), after a fresh read of the table). The insert id is not sent: the default stream does not
         deduplicate."""
-        carried = frozenset(k for k, v in row.items() if v is not None)
+        present = {k: v for k, v in row.items() if v is not None}
+        carried = frozenset(present)
         layout = self._layouts.get((dataset, table))
         body = None
         if layout is not None and carried <= layout.fields:
             try:
-                body = layout.encode(row)
+                body = layout.encode_present(present)
             except (TypeError, ValueError, OverflowError):
                 body = None  # write() refuses it, or finds the table changed
         size = _row_bytes(len(body)) if body is not None else _estimate(row)
