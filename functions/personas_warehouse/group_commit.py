@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from personas_warehouse.errors import TransientError
+from personas_warehouse.errors import GroupWriteFailed, TransientError
 
 Item = TypeVar("Item")
 Refusal = TypeVar("Refusal")
@@ -51,11 +51,6 @@ D = TypeVar("D", bound=Deadline)
 # A request with less time than this left is refused before it joins: it would only give up waiting, after
 # adding rows that would be written anyway (and again when Pub/Sub redelivers it).
 MIN_SECONDS_TO_JOIN = 1.0
-
-
-class GroupWriteFailed(Exception):
-    """The write carrying this request's rows failed with an error that is not transient (a bug or a
-    refused request): raised in every request of the group, chained to the writer's exception."""
 
 
 @dataclass(eq=False)

@@ -25,7 +25,7 @@ BIGQUERY_MAX_COLUMNS = 10_000  # columns per table BigQuery allows
 # users_state keeps two columns per trait (the value and its as-of key), so a space's traits must fit
 # twice in one table: the budget of identifies is at most about half of BigQuery's limit.
 MAX_COLUMN_BUDGET = 5_000
-# BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
+# BIGQUERY_WRITER: how rows reach BigQuery (docs/writers.md, "Choosing the default writer").
 INSERT_ALL, STORAGE_WRITE = "insert_all", "storage_write"
 WRITERS = (INSERT_ALL, STORAGE_WRITE)
 
@@ -55,7 +55,7 @@ class Settings:
     location: str = "US"
     bigquery_emulator_host: str | None = None
     bigquery_emulator_grpc_host: str | None = None
-    bigquery_writer: str = INSERT_ALL
+    bigquery_writer: str = STORAGE_WRITE
     default_space: str = "default"
     ops_dataset: str = "personas__ops"
     max_message_bytes: int = 1_000_000

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from personas_warehouse import group_commit
 from personas_warehouse.bigquery import Deadline, Warehouse
-from personas_warehouse.errors import TransientError
-from personas_warehouse.group_commit import GroupCommit, GroupWriteFailed
+from personas_warehouse.errors import GroupWriteFailed, TransientError
+from personas_warehouse.group_commit import GroupCommit
 from tests.fakes import FakeBigQuery
 
 Item = tuple[str, int]  # (owner, index in the owner's request)
@@ -342,7 +342,8 @@ def test_every_request_gets_back_exactly_the_refusals_of_its_own_rows(
 def warehouse_with_table(fake: FakeBigQuery) -> Warehouse:
     from schemas.tables import spec
 
-    warehouse = Warehouse(fake)  # type: ignore[arg-type]
+    # A leader waits up to 5 s for the write in flight, so a loaded machine's slow threads still meet in its group.
+    warehouse = Warehouse(fake, write_group_max_wait=5.0)  # type: ignore[arg-type]
     warehouse.ensure_table("personas_default", "identifies", spec("identifies"), Deadline(30))
     return warehouse
 

@@ -420,12 +420,13 @@ def test_a_connection_is_not_kept_once_the_tables_columns_changed(
 
 
 def test_writer_setting_is_validated() -> None:
-    assert load_settings({}).bigquery_writer == "insert_all"
-    assert load_settings({"BIGQUERY_WRITER": "storage_write"}).bigquery_writer == "storage_write"
+    assert load_settings({}).bigquery_writer == "storage_write"  # the default: docs/writers.md
+    assert load_settings({"BIGQUERY_WRITER": "insert_all"}).bigquery_writer == "insert_all"
     with pytest.raises(ConfigError, match="BIGQUERY_WRITER='streaming' must be one of insert_all, storage_write"):
         load_settings({"BIGQUERY_WRITER": "streaming"})
     with pytest.raises(ConfigError, match="needs BIGQUERY_EMULATOR_GRPC_HOST"):
-        load_settings({"BIGQUERY_WRITER": "storage_write", "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"})
+        load_settings({"BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"})
+    assert load_settings({"BIGQUERY_WRITER": "insert_all", "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"})
     local = {"BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050", "BIGQUERY_EMULATOR_GRPC_HOST": "127.0.0.1:9060"}
     assert load_settings({**local, "BIGQUERY_WRITER": "storage_write"}).bigquery_emulator_grpc_host == "127.0.0.1:9060"
 
