@@ -23,10 +23,11 @@
    cursor of its own (DuckDB's thread-safe way: another connection to the same database).
 
 Also, for the benchmark (tests/bench): write requests are counted on the server side, and
-`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m, "appendRowsConnections": c}`: POSTs
-that reached the tabledata.insertAll route, AppendRowsRequests received on Storage Write API streams (one
-request is one write, however many rows it carries), and AppendRows connections opened. Local tooling only;
-real BigQuery has no such route.
+`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m, "appendRowsConnections": c,
+"appendRowsConnectionsByStream": {stream: c}}`: POSTs that reached the tabledata.insertAll route,
+AppendRowsRequests received on Storage Write API streams (one request is one write, however many rows it
+carries), and AppendRows connections opened (in all, and per stream named by their first request). Local
+tooling only; real BigQuery has no such route.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def _with_view_query(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any
 
 
 COUNTERS = {"insertAll": 0, "appendRows": 0, "appendRowsConnections": 0}
+BY_STREAM: dict[str, int] = {}  # AppendRows connections per write stream
 _COUNTERS_LOCK = threading.Lock()  # REST runs on the event loop, gRPC on a thread pool
 
 
@@ -144,7 +146,7 @@ class _CountingMiddleware:
                 _count("insertAll")
             elif scope["method"] == "GET" and path == "/_personas/counters":
                 with _COUNTERS_LOCK:
-                    body = json.dumps(COUNTERS).encode()
+                    body = json.dumps({**COUNTERS, "appendRowsConnectionsByStream": BY_STREAM}).encode()
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
                 )
@@ -167,8 +169,16 @@ def _counting_appends(original: Callable[..., Iterator[bytes]]) -> Callable[...,
         _count("appendRowsConnections")  # one call of the handler per AppendRows connection
 
         def counted() -> Iterator[bytes]:
+            first = True
             for request in request_iterator:
                 _count("appendRows")
+                if first:  # the connection's table, from its first request's stream name
+                    from google.cloud.bigquery_storage_v1 import types
+
+                    stream = types.AppendRowsRequest.deserialize(request).write_stream
+                    with _COUNTERS_LOCK:
+                        BY_STREAM[stream] = BY_STREAM.get(stream, 0) + 1
+                    first = False
                 yield request
 
         return original(self, counted(), context)
