@@ -4,6 +4,7 @@ with failure injection, so ingest's error paths are tested without a network."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -176,8 +177,9 @@ class StrictFakeBigQuery(FakeBigQuery):
     """FakeBigQuery that is as strict as BigQuery where bqemulator is lenient: it refuses requests over
     insertAll's limits (400, whole request), refuses unknown fields and wrong types row by row (`invalid`
     for the bad row, `stopped` for its neighbours, nothing written), drops rows whose insertId it saw within
-    the dedup window, and answers 404 to the first `not_found_inserts` inserts into a table after its
-    creation (streaming metadata is eventually consistent). Every request body is kept, serialized as
+    the dedup window, answers 404 to the first `not_found_inserts` inserts into a table after its
+    creation, and "no such field" for a column added less than `insert_all_lag_seconds` ago (streaming
+    metadata is eventually consistent). Every request body is kept, serialized as
     google-cloud-bigquery serializes it, in `requests` as (table, body)."""
 
     def __init__(self, project: str = "personas-test", *, clock: FakeClock | None = None) -> None:
@@ -194,12 +196,30 @@ class StrictFakeBigQuery(FakeBigQuery):
         self.buffer_seconds = STREAMING_BUFFER_SECONDS
         self._streamed: dict[int, float] = {}  # id(row) -> when insertAll wrote it
         self.statements: list[tuple[str, dict[str, Any]]] = []  # every query: its SQL and parameters
+        self.added_at: dict[tuple[str, str], float] = {}  # (table, column) -> when update_table added it
+        # insertAll's own lag: a column added less than this ago is "no such field" (streaming metadata is
+        # eventually consistent too).
+        self.insert_all_lag_seconds = 0.0
 
     def create_table(self, table: bigquery.Table, **kw: Any) -> bigquery.Table:
         key = self._key(table.reference)
         if key not in self.tables and self.not_found_inserts:
             self._missing_for[key] = self.not_found_inserts
         return super().create_table(table, **kw)
+
+    def get_table(self, ref: Any, **kw: Any) -> bigquery.Table:
+        """A copy, as the real client returns: changing it changes nothing until update_table."""
+        found = super().get_table(ref, **kw)
+        return bigquery.Table.from_api_repr(found.to_api_repr())
+
+    def update_table(self, table: bigquery.Table, fields: list[str], **kw: Any) -> bigquery.Table:
+        """Also notes when each column was added (the Write API fake lags behind it)."""
+        key = self._key(table.reference)
+        before = {f.name.lower() for f in self.tables[key].schema} if key in self.tables else set()
+        for column in table.schema:
+            if column.name.lower() not in before:
+                self.added_at[(key, column.name.lower())] = self.clock()
+        return super().update_table(table, fields, **kw)
 
     def drop_table(self, ref: str) -> None:
         """What an operator's `DROP TABLE` does: the table, its rows and its dedup memory are gone."""
@@ -224,7 +244,11 @@ class StrictFakeBigQuery(FakeBigQuery):
         if key not in self.tables:
             raise gexc.NotFound(f"Not found: Table {key}")
         parsed = json.loads(body)["rows"]  # what BigQuery receives, not the caller's Python objects
-        schema = {f.name.lower(): _LEGACY.get(f.field_type, f.field_type) for f in self.tables[key].schema}
+        schema = {
+            f.name.lower(): _LEGACY.get(f.field_type, f.field_type)
+            for f in self.tables[key].schema
+            if self.clock() - self.added_at.get((key, f.name.lower()), -math.inf) >= self.insert_all_lag_seconds
+        }
         bad: dict[int, list[dict[str, str]]] = {}
         for index, entry in enumerate(parsed):
             for name, value in entry["json"].items():

@@ -44,3 +44,14 @@ class Rejection:
 
 class TransientError(Exception):
     """Retry later: raised out of the function so that Pub/Sub redelivers."""
+
+
+class GroupWriteFailed(Exception):
+    """The shared write carrying this request's rows failed with an error that is not transient (a bug or
+    a refused request): raised in every request of the group, chained to the writer's exception
+    (group_commit.py)."""
+
+
+class RequestRefused(Exception):
+    """BigQuery refused a request we should never have made (a bug, not the rows' fault): raised as is, never
+    retried inside the deadline; Pub/Sub redelivers and, if it keeps failing, dead-letters the message."""

@@ -31,7 +31,7 @@ MAX_COLUMN_BUDGET = 5_000
 # the margin covers a write BigQuery finished as the client gave up on it, and clock skew between machines.
 # SYNC_OVERLAP_SECONDS below their sum would let the sync's window pass over rows not visible yet.
 ROW_VISIBLE_MARGIN_SECONDS = 30
-# BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
+# BIGQUERY_WRITER: how rows reach BigQuery (docs/writers.md, "Choosing the default writer").
 INSERT_ALL, STORAGE_WRITE = "insert_all", "storage_write"
 WRITERS = (INSERT_ALL, STORAGE_WRITE)
 
@@ -115,7 +115,7 @@ class Settings:
     location: str = "US"
     bigquery_emulator_host: str | None = None
     bigquery_emulator_grpc_host: str | None = None
-    bigquery_writer: str = INSERT_ALL
+    bigquery_writer: str = STORAGE_WRITE
     default_space: str = "default"
     ops_dataset: str = "personas__ops"
     max_message_bytes: int = 1_000_000

@@ -28,9 +28,11 @@
    BigQuery's 404.
 
 Also, for the benchmark (tests/bench): write requests are counted on the server side, and
-`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m}`: POSTs that reached the
-tabledata.insertAll route, and AppendRowsRequests received on Storage Write API streams (one request
-is one write, however many rows it carries). Local tooling only; real BigQuery has no such route.
+`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m, "appendRowsConnections": c,
+"appendRowsConnectionsByStream": {stream: c}}`: POSTs that reached the tabledata.insertAll route,
+AppendRowsRequests received on Storage Write API streams (one request is one write, however many rows it
+carries), and AppendRows connections opened (in all, and per stream named by their first request). Local
+tooling only; real BigQuery has no such route.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def _with_view_query(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any
     return table_to_rest
 
 
-COUNTERS = {"insertAll": 0, "appendRows": 0}
+COUNTERS = {"insertAll": 0, "appendRows": 0, "appendRowsConnections": 0}
+BY_STREAM: dict[str, int] = {}  # AppendRows connections per write stream
 _COUNTERS_LOCK = threading.Lock()  # REST runs on the event loop, gRPC on a thread pool
 
 
@@ -163,7 +166,7 @@ class _CountingMiddleware:
                 _count("insertAll")
             elif scope["method"] == "GET" and path == "/_personas/counters":
                 with _COUNTERS_LOCK:
-                    body = json.dumps(COUNTERS).encode()
+                    body = json.dumps({**COUNTERS, "appendRowsConnectionsByStream": BY_STREAM}).encode()
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
                 )
@@ -183,9 +186,19 @@ def _with_counters(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _counting_appends(original: Callable[..., Iterator[bytes]]) -> Callable[..., Iterator[bytes]]:
     def handle_append_rows(self: Any, request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        _count("appendRowsConnections")  # one call of the handler per AppendRows connection
+
         def counted() -> Iterator[bytes]:
+            first = True
             for request in request_iterator:
                 _count("appendRows")
+                if first:  # the connection's table, from its first request's stream name
+                    from google.cloud.bigquery_storage_v1 import types
+
+                    stream = types.AppendRowsRequest.deserialize(request).write_stream
+                    with _COUNTERS_LOCK:
+                        BY_STREAM[stream] = BY_STREAM.get(stream, 0) + 1
+                    first = False
                 yield request
 
         return original(self, counted(), context)

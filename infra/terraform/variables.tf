@@ -108,7 +108,7 @@ variable "personas_config" {
 variable "bigquery_writer" {
   description = "How the functions write rows: insert_all (legacy streaming) or storage_write (Storage Write API, half the price per GiB, 2 TiB a month free). README, \"Choosing the writer\"."
   type        = string
-  default     = "insert_all"
+  default     = "storage_write"
 
   validation {
     condition     = contains(["insert_all", "storage_write"], var.bigquery_writer)

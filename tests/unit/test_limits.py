@@ -24,11 +24,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from personas_warehouse import app
-from personas_warehouse.bigquery import INSERT_BYTES_PER_REQUEST, Warehouse
+from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import MAX_DEPTH
+from personas_warehouse.writers.insert_all import INSERT_BYTES_PER_REQUEST
 from schemas.tables import spec
 from tests.fakes import REQUEST_LIMIT_BYTES, StrictFakeBigQuery
 from tests.unit._support import FAST, json_documents

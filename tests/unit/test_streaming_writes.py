@@ -17,19 +17,18 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 import personas_warehouse.ingest as ingest_module
-from personas_warehouse.bigquery import (
-    INSERT_ALL_MAX_REQUEST_BYTES,
-    INSERT_ALL_MAX_ROWS,
-    INSERT_BYTES_PER_REQUEST,
-    INSERT_ROWS_PER_REQUEST,
-    Deadline,
-    Warehouse,
-)
+from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.errors import TransientError
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import Fitted
+from personas_warehouse.writers.insert_all import (
+    INSERT_ALL_MAX_REQUEST_BYTES,
+    INSERT_ALL_MAX_ROWS,
+    INSERT_BYTES_PER_REQUEST,
+    INSERT_ROWS_PER_REQUEST,
+)
 from schemas.tables import spec
 from tests.fakes import (
     DEDUP_WINDOW_SECONDS,
