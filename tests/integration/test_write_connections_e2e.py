@@ -52,16 +52,23 @@ def test_writes_after_the_instance_had_no_cpu(stack: Stack, bq: bigquery.Client,
         """AppendRows connections opened to this test's table (other tests' redeliveries may open others)."""
         return int(counters(stack)["appendRowsConnectionsByStream"].get(stream, 0))
 
+    started = time.monotonic()  # the kept connection is opened after this, so its life ends after started + 20 s
     assert post(stack, call(0)) == 204  # creates the table; the Write API's connection is kept
     before = connections()
     frozen_for(stack, 3)  # less than the connection's spare life: it is taken again
     assert post(stack, call(1)) == 204
     reused = connections()
+    # The connection must be taken again when it surely had MIN_CONNECTION_LIFE left at the second request.
+    # On a machine so loaded that the two requests took longer (the first also creates the table), it may
+    # rightly have been closed: then at most one connection more.
+    surely_alive = time.monotonic() - started <= CONNECTION_SECONDS - MIN_CONNECTION_LIFE
     frozen_for(stack, CONNECTION_SECONDS - MIN_CONNECTION_LIFE)  # past it: a new connection
     assert post(stack, call(2)) == 204
     after = connections()
     rows = wait_rows(bq, f"SELECT id FROM `{stack.config.project}.personas_{space}.identifies`", 3)
     assert sorted(r["id"] for r in rows) == [f"{space}-m{n}" for n in range(3)]
     if storage_write(stack):
-        assert (before, reused, after) == (1, 1, 2)
+        assert before == 1
+        assert reused == 1 if surely_alive else reused in (1, 2)
+        assert after == reused + 1  # past the spare life: a new connection, whichever the second one was
     assert query(bq, f"SELECT COUNT(*) AS n FROM `{stack.config.project}.personas_{space}.identifies`")[0]["n"] == 3
