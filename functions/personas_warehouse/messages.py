@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from marshmallow import ValidationError
-
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings, SpacePolicy
-from schemas.calls import Call, load_call, loads_strict
+from schemas.calls import Call, InvalidCall, load_call, loads_strict
 from schemas.config import LISTED_SPACES
 
 SPACE_ATTRIBUTE = "space"
@@ -196,7 +194,7 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
             continue
         try:
             call = load_call(_with_defaults(raw, defaults))
-        except ValidationError as exc:
+        except InvalidCall as exc:
             rejections.append(Rejection(ErrorClass.SCHEMA_VIOLATION, error_paths(exc.messages), index))
             continue
         space = route(call, message.attributes, settings)
