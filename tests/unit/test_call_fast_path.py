@@ -5,9 +5,11 @@ refuses, and what it accepts is the Call the schema builds (timestamps with the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,7 +308,8 @@ print(json.dumps([len(decoded.calls), len(decoded.rejections), "marshmallow" in 
 )
 def test_marshmallow_is_imported_only_when_the_fast_path_declines(raw: dict[str, Any], expected: list[Any]) -> None:
     """In a fresh process (the function's own start-up path: messages imported, a call decoded)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _DECODE, json.dumps(raw)], capture_output=True, text=True, check=True, timeout=120
-    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "functions"), str(root)])}
+    argv = [sys.executable, "-c", _DECODE, json.dumps(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120, env=env)
     assert json.loads(done.stdout) == expected
