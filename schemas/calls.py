@@ -1,6 +1,6 @@
 """Segment-spec calls (identify and track) as Personas sends them: the validated `Call`, strict JSON, and
 the plain-Python check of the common call shape. The definition of a valid call is marshmallow's
-CALL_SCHEMA (schemas/call_schema.py), imported only when a call is not of that shape.
+CALL_SCHEMA (schemas/call_schema.py), imported only when a call is not of that shape (messages.load_call).
 """
 
 from __future__ import annotations
@@ -71,35 +71,11 @@ class Call:
 # cold start. Nearly every call Personas sends has one shape: string ids, ISO-8601 timestamps, objects
 # where objects go. `common_call` checks exactly that shape in plain Python; anything else, and every
 # error message, is left to CALL_SCHEMA (schemas/call_schema.py), which stays the definition and is
-# imported the first time it is needed. tests/unit/test_call_fast_path.py proves, on generated calls
-# hostile ones included, that `common_call` never accepts what CALL_SCHEMA refuses and builds the same Call.
+# imported the first time it is needed (personas_warehouse.messages.load_call).
+# tests/unit/test_call_fast_path.py proves, on generated calls hostile ones included, that `common_call`
+# never accepts what CALL_SCHEMA refuses and builds the same Call.
 
 _UNUSUAL: Any = object()  # "not the common shape": CALL_SCHEMA decides
-
-
-class InvalidCall(ValueError):
-    """CALL_SCHEMA refused the call; `messages` is marshmallow's nested dict of field paths and reasons."""
-
-    def __init__(self, messages: Any) -> None:
-        super().__init__(messages)
-        self.messages = messages
-
-
-def load_call(raw: dict[str, Any]) -> Call:
-    """The validated Call of one call object parsed from JSON; raises InvalidCall with the messages of
-    CALL_SCHEMA's ValidationError."""
-    call = common_call(raw)
-    if call is not None:
-        return call
-    from marshmallow import ValidationError  # the first unusual call imports marshmallow
-
-    from schemas.call_schema import CALL_SCHEMA
-
-    try:
-        loaded: Call = CALL_SCHEMA.load(raw)
-    except ValidationError as exc:
-        raise InvalidCall(exc.messages) from exc
-    return loaded
 
 
 def common_call(raw: dict[str, Any]) -> Call | None:

@@ -15,7 +15,7 @@ from typing import Any
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings, SpacePolicy
-from schemas.calls import Call, InvalidCall, load_call, loads_strict
+from schemas.calls import Call, common_call, loads_strict
 from schemas.config import LISTED_SPACES
 
 SPACE_ATTRIBUTE = "space"
@@ -111,6 +111,32 @@ def alone_in_envelope(raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
     this call in it. Stored for a refused call of a batch, so that replaying it republishes the envelope's
     `context` (its `personas.space_id` routes the call) and `sentAt` (its event time) with it."""
     return {"batch": [raw], **defaults}
+
+
+class InvalidCall(ValueError):
+    """CALL_SCHEMA refused the call; `messages` is marshmallow's nested dict of field paths and reasons."""
+
+    def __init__(self, messages: Any) -> None:
+        super().__init__(messages)
+        self.messages = messages
+
+
+def load_call(raw: dict[str, Any]) -> Call:
+    """The validated Call of one call object parsed from JSON: schemas/calls.py's fast path, else CALL_SCHEMA
+    (imported here, the first time a call is not of the common shape, so marshmallow stays off the start-up
+    path); raises InvalidCall with the messages of CALL_SCHEMA's ValidationError."""
+    call = common_call(raw)
+    if call is not None:
+        return call
+    from marshmallow import ValidationError  # the first unusual call imports marshmallow
+
+    from schemas.call_schema import CALL_SCHEMA
+
+    try:
+        loaded: Call = CALL_SCHEMA.load(raw)
+    except ValidationError as exc:
+        raise InvalidCall(exc.messages) from exc
+    return loaded
 
 
 def received_at(message: PubSubMessage) -> datetime:

@@ -17,8 +17,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
+from personas_warehouse.messages import InvalidCall, load_call
 from schemas.call_schema import CALL_SCHEMA, PersonasContextSchema
-from schemas.calls import MAX_EVENT_LENGTH, MAX_ID_LENGTH, PERSONAS_FIELDS, Call, InvalidCall, common_call, load_call
+from schemas.calls import MAX_EVENT_LENGTH, MAX_ID_LENGTH, PERSONAS_FIELDS, Call, common_call
 from tests.bench.bench_ingest import personas_identify
 from tests.unit._support import fixture, json_documents, json_scalars
 
