@@ -61,6 +61,16 @@ class Described:
     view_query: str | None
 
 
+def query_parameters(params: Sequence[sql.Param]) -> list[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter]:
+    """The client's query parameters for the statement builders' `Param`s."""
+    return [
+        bigquery.ArrayQueryParameter(p.name, p.type, p.value)
+        if isinstance(p.value, list)
+        else bigquery.ScalarQueryParameter(p.name, p.type, p.value)
+        for p in params
+    ]
+
+
 def _schema_of(table: bigquery.Table) -> Schema:
     return {f.name.lower(): _STANDARD_TYPES.get(f.field_type, f.field_type) for f in table.schema}
 

@@ -43,10 +43,9 @@ from functools import lru_cache
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud import bigquery
 
 from personas_warehouse import forget_sql, naming
-from personas_warehouse.bigquery import Deadline, Warehouse
+from personas_warehouse.bigquery import Deadline, Warehouse, query_parameters
 from personas_warehouse.errors import TransientError
 from personas_warehouse.forget_sql import Ids, Statement, Target
 from personas_warehouse.logs import log
@@ -179,18 +178,8 @@ class Report:
 # -- one pass over the tables -------------------------------------------------------------------------
 
 
-def _bq_params(statement: Statement) -> list[Any]:
-    out: list[Any] = []
-    for p in statement.params:
-        if isinstance(p.value, list):
-            out.append(bigquery.ArrayQueryParameter(p.name, p.type, p.value))
-        else:
-            out.append(bigquery.ScalarQueryParameter(p.name, p.type, p.value))
-    return out
-
-
 def _dml(warehouse: Warehouse, statement: Statement, deadline: Deadline) -> int:
-    job = warehouse.run(statement.sql, _bq_params(statement), deadline)
+    job = warehouse.run(statement.sql, query_parameters(statement.params), deadline)
     return int(job.num_dml_affected_rows or 0)
 
 
@@ -213,7 +202,7 @@ def _count(
     totals: dict[str, int] = {}
     for group in groups:
         statement = forget_sql.count(project, group, ids)
-        for row in warehouse.query(statement.sql, _bq_params(statement), deadline):
+        for row in warehouse.query(statement.sql, query_parameters(statement.params), deadline):
             totals[str(row["table_name"])] = totals.get(str(row["table_name"]), 0) + int(row["n"] or 0)
     return totals
 

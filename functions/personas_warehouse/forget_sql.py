@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from personas_warehouse.sql import BUCKET, in_buckets, quote, table
+from personas_warehouse.sql import BUCKET, Param, in_buckets, quote, table
 from schemas.tables import Forget
 
 # Query parameters.
@@ -32,13 +32,6 @@ MAX_QUERY_CHARS = 1_000_000
 _BASE_CHARS = 20_000
 # The JSON fields of a call that hold its ids (Segment's spec), for calls stored as JSON text.
 CALL_FIELDS = {USER_IDS: "userId", ANONYMOUS_IDS: "anonymousId"}
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str  # STRING, INT64, TIMESTAMP; a list value makes an ARRAY<type> parameter
-    value: Any
 
 
 @dataclass(frozen=True)

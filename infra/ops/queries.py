@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from personas_warehouse.sql import table
+from personas_warehouse.sql import Param, table
 from schemas.tables import spec
 
 RAW_TABLES = ("identifies", "tracks")  # every call has exactly one row in one of them
@@ -32,13 +32,6 @@ SYNC_OK = ("success", "partial")  # the statuses whose watermark the sync itself
 # A call refused before routing (bad JSON, schema violation) has no `space`; its `space` attribute says
 # where it was going. A constant expression, no value in it.
 REJECTED_SPACE = "COALESCE(space, JSON_VALUE(attributes, '$.space'))"
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str  # STRING, INT64, TIMESTAMP; a list value makes an ARRAY<type> parameter
-    value: Any
 
 
 @dataclass(frozen=True)
