@@ -557,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         writes_section(stack),
         core_section(core, memory),
         cold_section(stack),
-        writers_section(writers, shared),
         sync_section(sync, args.quick),
+        writers_section(writers, shared),
     ]
     flags = shlex.join(sys.argv[1:] if argv is None else argv)
     command = f"PYTHONPATH=functions:. python -m tests.bench {flags}".strip()
