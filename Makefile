@@ -17,13 +17,18 @@ $(VENV)/.installed: requirements-dev.txt requirements-lock.txt functions/require
 venv: $(VENV)/.installed
 
 # The deployable unit: exactly what Cloud Functions receives. The local stack runs from it.
-stage:
+# personas.yaml is validated here (an invalid one fails the build) and compiled for a start-up without
+# PyYAML and marshmallow (infra/stage_config.py). The source ships compiled to bytecode (hash-checked .pyc):
+# Google's buildpack compiles only the installed dependencies, so each new instance would compile ours.
+stage: venv
 	rm -rf $(STAGE) && mkdir -p $(STAGE)
 	cp functions/main.py functions/requirements.txt $(STAGE)/
 	cp -r functions/personas_warehouse $(STAGE)/personas_warehouse
 	mkdir -p $(STAGE)/schemas && cp schemas/*.py schemas/tables.json $(STAGE)/schemas/
 	cp personas.yaml $(STAGE)/personas.yaml
+	PYTHONPATH=$(STAGE):. $(PY) -m infra.stage_config $(STAGE)/personas.yaml
 	find $(STAGE) -name __pycache__ -prune -exec rm -rf {} +
+	$(PY) -m compileall -q --invalidation-mode checked-hash $(STAGE)
 
 demo: venv stage
 	$(PY) -m infra.local.demo

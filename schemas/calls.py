@@ -1,7 +1,6 @@
-"""marshmallow schemas of the Segment-spec calls Personas sends (identify and track).
-
-Unknown top-level fields (channel, version, writeKey, _metadata, ...) are ignored, as Segment does;
-`integrations` is ignored. Every rejection carries marshmallow's field paths and reasons.
+"""Segment-spec calls (identify and track) as Personas sends them: the validated `Call`, strict JSON, and
+the plain-Python check of the common call shape. The definition of a valid call is marshmallow's
+CALL_SCHEMA (schemas/call_schema.py), imported only when a call is not of that shape (messages.load_call).
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 CALL_TYPES = ("identify", "track")
 
@@ -42,79 +39,8 @@ _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 
 MAX_ID_LENGTH = 1024
 MAX_EVENT_LENGTH = 1024
-
-
-class Identifier(fields.Field[str | None]):
-    """userId / anonymousId / messageId: a string (numbers are accepted and stringified, as Segment does)."""
-
-    default_error_messages = {
-        "invalid": "Not a valid identifier: a non-empty string or an integer.",
-        "too_long": f"Longer than {MAX_ID_LENGTH} characters.",
-    }
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise self.make_error("invalid")
-        text = str(value).strip()
-        if len(text) > MAX_ID_LENGTH:
-            raise self.make_error("too_long")
-        return text or None
-
-
-def _in_utc_range(moment: datetime) -> None:
-    """marshmallow accepts offsets that push a date past year 9999 (or before 1) once in UTC."""
-    try:
-        moment.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValidationError("Outside the years 1-9999 once in UTC.") from exc
-
-
-def _timestamp() -> fields.AwareDateTime:
-    return fields.AwareDateTime(
-        format="iso",
-        default_timezone=UTC,
-        load_default=None,
-        allow_none=True,
-        validate=_in_utc_range,
-    )
-
-
-def _object() -> fields.Dict:
-    return fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
-
-
-class _InSentOrder(Schema):
-    """An object whose extra keys are kept (they become columns), in the order the call sent them.
-
-    marshmallow puts the declared fields first and adds the unknown keys in the order of a `set`, which
-    changes with PYTHONHASHSEED, so from one process to the next. Everything made from the keys' order
-    (the columns a call adds, its discards and their insert ids) must depend on the message alone: a
-    redelivery handled by another instance must write the same ids, or BigQuery keeps both copies."""
-
-    class Meta:
-        unknown = INCLUDE
-
-    @post_load(pass_original=True)
-    def _sent_order(self, data: dict[str, Any], original: Any, **kwargs: Any) -> dict[str, Any]:
-        if not isinstance(original, dict):
-            return data
-        ordered = {key: data[key] for key in original if key in data}
-        ordered.update(data)  # nothing more today: only a declared field with a default could be missing
-        return ordered
-
-
-class PersonasContextSchema(_InSentOrder):
-    """context.personas: which computation sent the call."""
-
-    computation_class = fields.String(allow_none=True)
-    computation_id = fields.String(allow_none=True)
-    computation_key = fields.String(allow_none=True)
-    namespace = fields.String(allow_none=True)
-    space_id = fields.String(allow_none=True)
-
-
-class ContextSchema(_InSentOrder):
-    personas = fields.Nested(PersonasContextSchema, allow_none=True)
+# context.personas's declared fields (PersonasContextSchema's, in its order; call_schema.py checks it).
+PERSONAS_FIELDS = ("computation_class", "computation_id", "computation_key", "namespace", "space_id")
 
 
 @dataclass(frozen=True)
@@ -139,67 +65,17 @@ class Call:
         return personas.get("space_id") if isinstance(personas, dict) else None
 
 
-class CallSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    type = fields.String(required=True, validate=validate.OneOf(CALL_TYPES))
-    messageId = Identifier(required=True, data_key="messageId", attribute="message_id")
-    userId = Identifier(load_default=None, allow_none=True, attribute="user_id")
-    anonymousId = Identifier(load_default=None, allow_none=True, attribute="anonymous_id")
-    event = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=MAX_EVENT_LENGTH))
-    timestamp = _timestamp()
-    sentAt = _timestamp()
-    originalTimestamp = _timestamp()
-    traits = _object()
-    properties = _object()
-    context = fields.Nested(ContextSchema, load_default=dict, allow_none=True)
-
-    @validates_schema
-    def _check(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if not data.get("user_id") and not data.get("anonymous_id"):
-            raise ValidationError("A call needs a userId or an anonymousId.", field_name="userId")
-        if data.get("message_id") is None:
-            raise ValidationError("messageId must not be empty.", field_name="messageId")
-        if data.get("type") == "track" and not data.get("event"):
-            raise ValidationError("A track call needs an event name.", field_name="event")
-
-    @post_load
-    def _to_call(self, data: dict[str, Any], **kwargs: Any) -> Call:
-        return Call(
-            type=data["type"],
-            message_id=data["message_id"],
-            user_id=data.get("user_id"),
-            anonymous_id=data.get("anonymous_id"),
-            event=data.get("event"),
-            timestamp=data.get("timestamp"),
-            sent_at=data.get("sentAt"),
-            original_timestamp=data.get("originalTimestamp"),
-            traits=data.get("traits") or {},
-            properties=data.get("properties") or {},
-            context=data.get("context") or {},
-        )
-
-
-CALL_SCHEMA = CallSchema()
-
-
 # --- the common shape, checked in plain Python -------------------------------------------------------
 #
-# marshmallow costs about 65 us a call, most of the core's CPU. Nearly every call Personas sends has
-# one shape: string ids, ISO-8601 timestamps, objects where objects go. `common_call` checks exactly
-# that shape in plain Python; anything else, and every error message, is left to CALL_SCHEMA, which
-# stays the definition. tests/unit/test_call_fast_path.py proves, on generated calls hostile ones
-# included, that `common_call` never accepts what CALL_SCHEMA refuses and builds the same Call.
+# marshmallow costs about 65 us a call, most of the core's CPU, and tens of milliseconds to import at a
+# cold start. Nearly every call Personas sends has one shape: string ids, ISO-8601 timestamps, objects
+# where objects go. `common_call` checks exactly that shape in plain Python; anything else, and every
+# error message, is left to CALL_SCHEMA (schemas/call_schema.py), which stays the definition and is
+# imported the first time it is needed (personas_warehouse.messages.load_call).
+# tests/unit/test_call_fast_path.py proves, on generated calls hostile ones included, that `common_call`
+# never accepts what CALL_SCHEMA refuses and builds the same Call.
 
 _UNUSUAL: Any = object()  # "not the common shape": CALL_SCHEMA decides
-_PERSONAS_FIELDS = tuple(PersonasContextSchema._declared_fields)
-
-
-def load_call(raw: dict[str, Any]) -> Call:
-    """The validated Call of one call object parsed from JSON; raises ValidationError as CALL_SCHEMA does."""
-    call = common_call(raw)
-    return call if call is not None else CALL_SCHEMA.load(raw)
 
 
 def common_call(raw: dict[str, Any]) -> Call | None:
@@ -312,7 +188,7 @@ def _context(value: Any) -> Any:
         return value
     if type(personas) is not dict:
         return _UNUSUAL
-    for field_value in map(personas.get, _PERSONAS_FIELDS):
+    for field_value in map(personas.get, PERSONAS_FIELDS):
         if field_value is not None and type(field_value) is not str:
             return _UNUSUAL
     return value

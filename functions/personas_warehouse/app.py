@@ -22,7 +22,6 @@ from personas_warehouse.ingest import Outcome, ingest, record_rejections
 from personas_warehouse.logs import log
 from personas_warehouse.messages import PushDelivery, parse_push
 from personas_warehouse.settings import STORAGE_WRITE, Settings, load_settings
-from personas_warehouse.sync import run_sync
 from personas_warehouse.writers.contract import Writer
 from personas_warehouse.writers.insert_all import InsertAllWriter
 
@@ -139,6 +138,8 @@ def handle_sync_request(request: Any) -> tuple[dict[str, Any], int]:
     Answers 200 when no space failed, else 500 with the same summary (so the scheduler shows it)."""
     if request.method != "POST":  # a crawler or a browser must not start a sync
         return {"error": "use POST"}, 405
+    from personas_warehouse.sync import run_sync  # here: the ingest function's instances never load the sync
+
     body = request.get_json(silent=True) or {}
     full = bool(body.get("full")) or request.args.get("full") in ("1", "true")
     spaces = body.get("spaces") or request.args.getlist("space") or None

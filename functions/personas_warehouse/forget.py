@@ -46,7 +46,6 @@ from google.api_core import exceptions as gexc
 
 from personas_warehouse import forget_sql, naming
 from personas_warehouse.bigquery import Deadline, Warehouse, query_parameters
-from personas_warehouse.derived.frame import chunks
 from personas_warehouse.errors import TransientError
 from personas_warehouse.forget_sql import Ids, Statement, Target
 from personas_warehouse.logs import log
@@ -217,6 +216,9 @@ def _delete(
 ) -> tuple[int, str | None]:
     """Rows deleted, and why some were left (a DELETE per chunk of via sources, see forget_sql.chunks; and,
     in a table split into integer ranges, per chunk of at most PARTITION_BUDGET partitions)."""
+    # Imported here: ingest imports this module (drop_suppressed), and needs none of the derived tables.
+    from personas_warehouse.derived.frame import chunks
+
     deleted, why = 0, None
     total = spec(target.kind).buckets if target.kind in table_specs() else None
     partitions = [keys.buckets for keys in chunks(range(total), total)] if total else [None]

@@ -118,7 +118,7 @@ class GroupCommit(Generic[Item, Refusal, D]):
         finally:
             with self._lock:
                 self._serving -= 1
-                self._changed.notify_all()
+                self._notify_if_none_at_work()
 
     def submit(self, key: Hashable, items: Sequence[Item], sizes: Sequence[int], deadline: D) -> dict[int, Refusal]:
         """Write `items` (with their byte `sizes`) in a group; {index in items: refusal} once written."""
@@ -128,7 +128,7 @@ class GroupCommit(Generic[Item, Refusal, D]):
             raise TransientError("too little of the deadline left to join a shared write; Pub/Sub will redeliver")
         with self._lock:
             self._submitting += 1
-            self._changed.notify_all()  # a leader may be waiting for this request's rows
+            self._notify_if_none_at_work()  # a leader may have been waiting for this request's rows
             table = self._tables.setdefault(key, _Table())
             group = table.open
             if group is None or not self._fits(group, len(items), sum(sizes)):
@@ -157,6 +157,13 @@ class GroupCommit(Generic[Item, Refusal, D]):
             raise GroupWriteFailed(f"the shared write failed: {group.error!r}") from group.error
         end = member.offset + member.count
         return {i - member.offset: r for i, r in group.refusals.items() if member.offset <= i < end}
+
+    def _notify_if_none_at_work(self) -> None:
+        """Wake the leaders when no request in flight is still at work on its rows (called with the lock held):
+        the only change of the count a leader waits on that can end its wait. One wake per group, not one per
+        request in flight (each wake is a thread switch)."""
+        if self._serving <= self._submitting:
+            self._changed.notify_all()
 
     def _fits(self, group: _Group[Item, Refusal, D], count: int, size: int) -> bool:
         return not group.closed and len(group.items) + count <= self._max_items and group.size + size <= self._max_size

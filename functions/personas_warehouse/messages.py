@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from marshmallow import ValidationError
-
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.settings import Settings, SpacePolicy
-from schemas.calls import Call, load_call, loads_strict
+from schemas.calls import Call, common_call, loads_strict
 from schemas.config import LISTED_SPACES
 
 SPACE_ATTRIBUTE = "space"
@@ -115,6 +113,32 @@ def alone_in_envelope(raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {"batch": [raw], **defaults}
 
 
+class InvalidCall(ValueError):
+    """CALL_SCHEMA refused the call; `messages` is marshmallow's nested dict of field paths and reasons."""
+
+    def __init__(self, messages: Any) -> None:
+        super().__init__(messages)
+        self.messages = messages
+
+
+def load_call(raw: dict[str, Any]) -> Call:
+    """The validated Call of one call object parsed from JSON: schemas/calls.py's fast path, else CALL_SCHEMA
+    (imported here, the first time a call is not of the common shape, so marshmallow stays off the start-up
+    path); raises InvalidCall with the messages of CALL_SCHEMA's ValidationError."""
+    call = common_call(raw)
+    if call is not None:
+        return call
+    from marshmallow import ValidationError  # the first unusual call imports marshmallow
+
+    from schemas.call_schema import CALL_SCHEMA
+
+    try:
+        loaded: Call = CALL_SCHEMA.load(raw)
+    except ValidationError as exc:
+        raise InvalidCall(exc.messages) from exc
+    return loaded
+
+
 def received_at(message: PubSubMessage) -> datetime:
     """When the message's calls were received: its publish time. A replay (`replay_of` set, by infra.ops.replay)
     carries the original message's publish time in `original_publish_time`, and that is used instead, so the
@@ -196,7 +220,7 @@ def decode(message: PubSubMessage, settings: Settings) -> Decoded:
             continue
         try:
             call = load_call(_with_defaults(raw, defaults))
-        except ValidationError as exc:
+        except InvalidCall as exc:
             rejections.append(Rejection(ErrorClass.SCHEMA_VIOLATION, error_paths(exc.messages), index))
             continue
         space = route(call, message.attributes, settings)

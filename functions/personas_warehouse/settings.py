@@ -2,10 +2,18 @@
 
 An invalid value fails start-up with a message naming the variable or config key; nothing is ever
 half-applied. README's configuration table lists every setting here.
+
+The config file is validated with its marshmallow schema (schemas/config_schema.py). `make stage` does
+that once, at build time, and writes the result next to the staged personas.yaml (COMPILED_CONFIG_FILE,
+with the fingerprint of the file and of the schema it was validated with); start-up uses it when the
+config file read has that fingerprint, so neither PyYAML nor marshmallow is imported on the function's
+start-up path. Any other file (PERSONAS_CONFIG elsewhere, personas.yaml edited after staging, another
+schema) is parsed and validated as before, and an invalid one still fails start-up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,13 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from marshmallow import ValidationError
-
+import schemas
 from personas_warehouse import naming
-from schemas.config import ALL_TABLES, ANY_SPACE, CONFIG_SCHEMA, DEFAULT_MAX_SPACE_DATASETS, LISTED_SPACES
+from schemas.config import ALL_TABLES, ANY_SPACE, DEFAULT_MAX_SPACE_DATASETS, LISTED_SPACES
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "personas.yaml"
+# Written by `make stage` (infra/stage_config.py): the staged personas.yaml as its schema loaded it.
+COMPILED_CONFIG_FILE = DEFAULT_CONFIG_FILE.with_name("personas.compiled.json")
+# What validating a config file depends on besides its text: the schema and the base columns it protects.
+SCHEMA_FILES = ("config.py", "config_schema.py", "tables.py", "tables.json")
 BIGQUERY_MAX_COLUMNS = 10_000  # columns per table BigQuery allows
 # users_state keeps two columns per trait (the value and its as-of key), so a space's traits must fit
 # twice in one table: the budget of identifies is at most about half of BigQuery's limit.
@@ -183,16 +193,16 @@ class ConfigFile:
     space_policy: SpacePolicy
 
 
-def load_config_file(path: Path) -> ConfigFile:
+def load_config_file(path: Path, compiled: Path | None = None) -> ConfigFile:
+    """The config file at `path`, as its schema loads it: from the `compiled` file (default
+    COMPILED_CONFIG_FILE) when that was made from the same text with the same schema, else validated now."""
     try:
         text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
-    try:
-        loaded = CONFIG_SCHEMA.load(raw or {})
-    except ValidationError as exc:
-        raise ConfigError(f"config file {path}: {json.dumps(exc.messages, sort_keys=True)}") from exc
+    loaded = _compiled(path, text, COMPILED_CONFIG_FILE if compiled is None else compiled)
+    if loaded is None:
+        loaded = validate_config_text(path, text)
     spaces = {
         slug: SpaceConfig(
             space_ids=tuple(body["space_ids"]),
@@ -203,6 +213,63 @@ def load_config_file(path: Path) -> ConfigFile:
         for slug, body in (loaded["spaces"] or {}).items()
     }
     return ConfigFile(spaces, SpacePolicy(**loaded["space_policy"]))
+
+
+def validate_config_text(path: Path, text: str) -> dict[str, Any]:
+    """The config file's text (JSON by a `.json` suffix, else YAML) as the schema loads it: plain JSON
+    values, every default filled in. Raises ConfigError naming the key."""
+    import yaml  # here, not at import: a compiled config needs neither PyYAML nor marshmallow
+    from marshmallow import ValidationError
+
+    from schemas.config_schema import CONFIG_SCHEMA
+
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    try:
+        loaded: dict[str, Any] = CONFIG_SCHEMA.load(raw or {})
+    except ValidationError as exc:
+        raise ConfigError(f"config file {path}: {json.dumps(exc.messages, sort_keys=True)}") from exc
+    return loaded
+
+
+def config_fingerprint(path: Path, text: str) -> str:
+    """What the schema's verdict on a config file depends on: its text, how it is parsed (by its suffix),
+    and the schema's own files."""
+    digest = hashlib.sha256()
+    schema_dir = Path(schemas.__file__).resolve().parent
+    parts = [b"json" if path.suffix == ".json" else b"yaml", text.encode("utf-8")]
+    parts += [(schema_dir / name).read_bytes() for name in SCHEMA_FILES]
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def compile_config(source: Path, target: Path) -> None:
+    """Validate `source` with the schema (ConfigError when invalid) and write what it loads to `target`,
+    with the fingerprint that start-up checks before using it."""
+    try:
+        text = source.read_text()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config file {source}: {exc}") from exc
+    loaded = validate_config_text(source, text)
+    document = {"fingerprint": config_fingerprint(source, text), "config": loaded}
+    target.write_text(json.dumps(document, indent=1) + "\n")  # key order kept: spaces stay in file order
+
+
+def _compiled(path: Path, text: str, compiled: Path) -> dict[str, Any] | None:
+    """The compiled config when it was made from this text with this schema; None otherwise (no compiled
+    file, another file, an edited one, another schema): the caller validates the text itself."""
+    try:
+        document = json.loads(compiled.read_text())
+        if document["fingerprint"] != config_fingerprint(path, text):
+            return None
+        loaded: dict[str, Any] = document["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return loaded
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,8 @@ class Ids:
     def __init__(self) -> None:
         self.tag = time.strftime("%H%M%S")
         self.counter = itertools.count()
+        # Before any of the run's calls was published: BigQuery lookups read the partitions from then on.
+        self.since = datetime.now(UTC) - timedelta(minutes=5)
 
     def take(self, n: int, kind: str) -> list[str]:
         return [f"bench-{self.tag}-{kind}-{next(self.counter)}" for _ in range(n)]
@@ -99,6 +102,11 @@ class Drive:
     seconds: float
     statuses: list[int]
     call_ids: list[str]
+    latencies: list[float] = field(default_factory=list)  # seconds from sending each request to its answer
+
+    @property
+    def median_latency(self) -> float:
+        return statistics.median(self.latencies)
 
     @property
     def rate(self) -> float:
@@ -118,6 +126,7 @@ def drive(port: int, path: str, call_ids: list[str], concurrency: int, space: st
     wall time from all threads' start to the last answer. A connection error counts as status -1."""
     bodies = [push_body(c, f"p-{c}", space) for c in call_ids]
     statuses = [0] * len(bodies)
+    latencies = [0.0] * len(bodies)
     counter = itertools.count()
     ready = threading.Barrier(concurrency + 1)
     headers = {"Content-Type": "application/json"}
@@ -127,10 +136,12 @@ def drive(port: int, path: str, call_ids: list[str], concurrency: int, space: st
         ready.wait()
         while (i := next(counter)) < len(bodies):
             try:
+                sent = time.perf_counter()
                 conn.request("POST", path, body=bodies[i], headers=headers)
                 response = conn.getresponse()
                 response.read()
                 statuses[i] = response.status
+                latencies[i] = time.perf_counter() - sent
             except (OSError, http.client.HTTPException):
                 statuses[i] = -1
                 conn.close()
@@ -144,7 +155,7 @@ def drive(port: int, path: str, call_ids: list[str], concurrency: int, space: st
     start = time.perf_counter()
     for t in threads:
         t.join()
-    return Drive(time.perf_counter() - start, statuses, call_ids)
+    return Drive(time.perf_counter() - start, statuses, call_ids, latencies)
 
 
 # --- the servers' counters --------------------------------------------------------------------------------
@@ -190,23 +201,24 @@ def reader(c: StackConfig) -> Any:
     return Warehouse(c.bigquery_client(), c.project, Settings().ops_dataset)
 
 
-def missing_calls(c: StackConfig, call_ids: list[str]) -> tuple[int, list[dict[str, Any]]]:
-    """Calls without a row, by infra.ops.reconcile's own lookup (rows by id, rejections by message)."""
+def missing_calls(c: StackConfig, call_ids: list[str], since: datetime) -> tuple[int, list[dict[str, Any]]]:
+    """Calls without a row, by infra.ops.reconcile's own lookup (rows by id, rejections by message), in the
+    partitions from `since` on."""
     from infra.ops.reconcile import Call, reconcile_ids
 
-    report = reconcile_ids(reader(c), [Call(f"p-{i}", 0, i, None) for i in call_ids])
+    report = reconcile_ids(reader(c), [Call(f"p-{i}", 0, i, None) for i in call_ids], since=since)
     shown = [m for s in report.spaces.values() for m in s.missing_ids]
     return report.missing, shown
 
 
-def landed(c: StackConfig, call_ids: list[str]) -> int:
+def landed(c: StackConfig, call_ids: list[str], since: datetime) -> int:
     from infra.ops import common, queries
 
     r = reader(c)
     tables = common.raw_tables(r.space_tables(), queries.RAW_TABLES)
     if not tables:
         return 0
-    return len({row["id"] for row in r.run(queries.raw_id_counts(r.project, tables, call_ids))})
+    return len({row["id"] for row in r.run(queries.raw_id_counts(r.project, tables, call_ids, since))})
 
 
 # --- sections 1 and 3 -------------------------------------------------------------------------------------
@@ -223,6 +235,10 @@ class Level:
     ours_function_cpu: list[float] = field(default_factory=list)
     ours_bigquery_cpu: list[float] = field(default_factory=list)
     bare_function_cpu: list[float] = field(default_factory=list)
+    # The bare function holding each request for ours' median latency of the same run (?hold_ms): its CPU per
+    # message is what the framework costs a handler that answers as late as ours, before any work of ours.
+    ours_latency: list[float] = field(default_factory=list)  # seconds, median per run
+    held_bare_cpu: list[float] = field(default_factory=list)
     failed_ours: int = 0
     failed_bare: int = 0
 
@@ -278,6 +294,7 @@ def measure_http(
                     cpu = group_cpu_seconds(pids["ingest"]), group_cpu_seconds(pids["bqemulator"])
                     result = drive(c.ingest_port, ours_path, ids.take(messages, f"c{n}"), n, space)
                     level.ours_function_cpu.append((group_cpu_seconds(pids["ingest"]) - cpu[0]) / messages)
+                    level.ours_latency.append(result.median_latency)
                     level.ours_bigquery_cpu.append((group_cpu_seconds(pids["bqemulator"]) - cpu[1]) / messages)
                     level.writes_per_1000.append((write_requests(c) - before) * 1000 / messages)
                     level.failed_ours += result.failed
@@ -288,16 +305,23 @@ def measure_http(
                     level.bare_function_cpu.append((group_cpu_seconds(pids["bare"]) - bare_cpu) / messages)
                     level.failed_bare += result.failed
                 rates[who] = result.rate
+            hold_ms = round(level.ours_latency[-1] * 1000, 1)
+            held_cpu = group_cpu_seconds(pids["bare"])
+            held = drive(BARE_PORT, f"/?hold_ms={hold_ms}", ids.take(messages, "held"), n)
+            level.held_bare_cpu.append((group_cpu_seconds(pids["bare"]) - held_cpu) / messages)
+            level.failed_bare += held.failed
             level.ours.append(rates["ours"])
             level.bare.append(rates["bare"])
             level.ratios.append(rates["ours"] / rates["bare"])
             print(
                 f"  run {run + 1}, {n:>2} in flight: ours {rates['ours']:7.1f} calls/s, bare {rates['bare']:7.1f}, "
-                f"{level.writes_per_1000[-1]:.0f} writes per 1,000",
+                f"{level.writes_per_1000[-1]:.0f} writes per 1,000; CPU per message: ours "
+                f"{level.ours_function_cpu[-1] * 1e6:.0f} us, bare {level.bare_function_cpu[-1] * 1e6:.0f} us, "
+                f"bare held {hold_ms:g} ms {level.held_bare_cpu[-1] * 1e6:.0f} us",
                 file=sys.stderr,
             )
     figures = HttpFigures(messages, runs, found, acked_checked=len(acked))
-    figures.missing, shown = missing_calls(c, acked)
+    figures.missing, shown = missing_calls(c, acked, ids.since)
     if figures.missing:
         raise AssertionError(f"{figures.missing} of {len(acked)} acked calls are not in BigQuery, e.g. {shown}")
     return figures
@@ -337,8 +361,8 @@ def wait_for(done: Any, what: str, poll: float, timeout: float = 300.0) -> None:
         time.sleep(poll)
 
 
-def all_landed(c: StackConfig, call_ids: list[str]) -> bool:
-    return landed(c, call_ids) >= len(call_ids)
+def all_landed(c: StackConfig, call_ids: list[str], since: datetime) -> bool:
+    return landed(c, call_ids, since) >= len(call_ids)
 
 
 def bare_acked_since(before: int, messages: int) -> bool:
@@ -358,7 +382,7 @@ def measure_push(c: StackConfig, ids: Ids, messages: int, runs: int) -> PushFigu
             for future in futures:
                 future.result(timeout=60)
             if who == "ours":
-                wait_for(functools.partial(all_landed, c, call_ids), "ours through push", poll=OURS_POLL)
+                wait_for(functools.partial(all_landed, c, call_ids, ids.since), "ours through push", poll=OURS_POLL)
             else:
                 wait_for(
                     functools.partial(bare_acked_since, bare_before, messages), "bare through push", poll=BARE_POLL
@@ -381,7 +405,10 @@ from functions_framework import create_app
 app = create_app(target=sys.argv[2], source=sys.argv[3], signature_type="http")
 imported = time.time()
 response = app.test_client().post("/", data=sys.stdin.buffer.read(), content_type="application/json")
-print(json.dumps({"imported": imported, "answered": time.time(), "status": response.status_code}))
+answered = time.time()
+validation = sorted(m for m in ("marshmallow", "yaml") if m in sys.modules)
+status = response.status_code
+print(json.dumps({"imported": imported, "answered": answered, "status": status, "validation": validation}))
 """
 
 
@@ -394,7 +421,8 @@ class ColdFigures:
     ratios: list[float] = field(default_factory=list)  # first call, ours / bare, per run
     ours_client_import: list[float] = field(default_factory=list)
     bare_client_import: list[float] = field(default_factory=list)
-    ours_validation_import: list[float] = field(default_factory=list)  # marshmallow and PyYAML
+    ours_validation_import: list[float] = field(default_factory=list)  # marshmallow and PyYAML, imported alone
+    ours_validation_loaded: list[str] = field(default_factory=list)  # of them, those ours' first answers imported
 
 
 DEPLOY_VENVS = ROOT / ".cache" / "bench-venvs"
@@ -421,9 +449,9 @@ def deployed_python(who: str) -> str:
     return str(python)
 
 
-def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
-    """(seconds from spawn to the app built, to the first answer) of a fresh process, in a venv built
-    like the deployment's (deployed_python)."""
+def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float, list[str]]:
+    """(seconds from spawn to the app built, to the first answer, and which of marshmallow and PyYAML the
+    process had imported by then) of a fresh process, in a venv built like the deployment's (deployed_python)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PUBSUB_EMULATOR_HOST")}
     if who == "ours":  # what the stack gives the function
         env |= c.function_environment()
@@ -448,7 +476,7 @@ def cold_start(c: StackConfig, who: str, call_id: str) -> tuple[float, float]:
         raise RuntimeError(
             f"cold start of {who}: first call answered {answer['status']}: {done.stderr.decode()[-2000:]}"
         )
-    return answer["imported"] - started, answer["answered"] - started
+    return answer["imported"] - started, answer["answered"] - started, list(answer["validation"])
 
 
 TIMED_IMPORT = """
@@ -479,7 +507,9 @@ def measure_cold(c: StackConfig, ids: Ids, runs: int) -> ColdFigures:
         figures.ours_validation_import.append(import_seconds("ours", "marshmallow", "yaml"))
         first = {}
         for who in ("ours", "bare") if run % 2 == 0 else ("bare", "ours"):
-            imported, answered = cold_start(c, who, ids.take(1, f"cold-{who}")[0])
+            imported, answered, validation = cold_start(c, who, ids.take(1, f"cold-{who}")[0])
+            if who == "ours":
+                figures.ours_validation_loaded += sorted(set(validation) - set(figures.ours_validation_loaded))
             getattr(figures, f"{who}_import").append(imported)
             getattr(figures, f"{who}_first").append(answered)
             first[who] = answered

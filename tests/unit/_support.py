@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from personas_warehouse.messages import PubSubMessage, RoutedCall
-from schemas.calls import CALL_SCHEMA
+from schemas.call_schema import CALL_SCHEMA
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "calls"
 PUBLISHED = datetime(2026, 3, 1, 9, 0, 3, tzinfo=UTC)

@@ -4,7 +4,12 @@ refuses, and what it accepts is the Call the schema builds (timestamps with the 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +17,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from schemas.calls import CALL_SCHEMA, MAX_EVENT_LENGTH, MAX_ID_LENGTH, Call, common_call, load_call
+from personas_warehouse.messages import InvalidCall, load_call
+from schemas.call_schema import CALL_SCHEMA, PersonasContextSchema
+from schemas.calls import MAX_EVENT_LENGTH, MAX_ID_LENGTH, PERSONAS_FIELDS, Call, common_call
 from tests.bench.bench_ingest import personas_identify
 from tests.unit._support import fixture, json_documents, json_scalars
 
@@ -115,7 +122,6 @@ timestamp_texts = st.sampled_from(
 )
 timestamps = timestamp_texts | odd_values | st.text(max_size=8)
 objects = st.none() | st.dictionaries(st.text(max_size=6), json_documents(max_leaves=5), max_size=4) | odd_values
-PERSONAS_FIELDS = ("computation_class", "computation_id", "computation_key", "namespace", "space_id")
 personas_fields = st.sampled_from([*PERSONAS_FIELDS, "other"])
 personas = (
     st.fixed_dictionaries({}, optional={name: st.text(max_size=5) | odd_values for name in PERSONAS_FIELDS})
@@ -223,8 +229,9 @@ def test_load_call_answers_as_the_schema_does(raw: dict[str, Any]) -> None:
     full = by_schema(raw)
     try:
         loaded = load_call(raw)
-    except ValidationError as exc:
+    except InvalidCall as exc:
         assert full == {"errors": exc.messages}
+        assert isinstance(exc.__cause__, ValidationError)
         return
     assert_same_call(loaded, full)
 
@@ -271,3 +278,39 @@ def test_personas_calls_take_the_fast_path(raw: dict[str, Any]) -> None:
 )
 def test_unusual_calls_are_left_to_the_schema(change: dict[str, Any]) -> None:
     assert common_call({"type": "identify", "messageId": "m", "userId": "u", **change}) is None
+
+
+def test_the_fast_path_checks_the_schemas_personas_fields() -> None:
+    """common_call checks context.personas by the names in PERSONAS_FIELDS: the schema's declared fields."""
+    assert tuple(PersonasContextSchema._declared_fields) == PERSONAS_FIELDS
+
+
+# --- marshmallow off the start-up path -----------------------------------------------------------------
+
+_DECODE = """
+import base64, json, sys
+from datetime import UTC, datetime
+from personas_warehouse.messages import PubSubMessage, decode
+from personas_warehouse.settings import Settings
+call = json.loads(sys.argv[1])
+data = base64.b64encode(json.dumps(call).encode()).decode()
+decoded = decode(PubSubMessage("p-1", data, datetime(2026, 1, 1, tzinfo=UTC)), Settings())
+print(json.dumps([len(decoded.calls), len(decoded.rejections), "marshmallow" in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (personas_identify(1), [1, 0, False]),  # the common shape: marshmallow is never imported
+        (personas_identify(1) | {"userId": 5}, [1, 0, True]),  # unusual but valid: the schema loads it
+        (personas_identify(1) | {"traits": []}, [0, 1, True]),  # refused: the schema words the error
+    ],
+)
+def test_marshmallow_is_imported_only_when_the_fast_path_declines(raw: dict[str, Any], expected: list[Any]) -> None:
+    """In a fresh process (the function's own start-up path: messages imported, a call decoded)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "functions"), str(root)])}
+    argv = [sys.executable, "-c", _DECODE, json.dumps(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120, env=env)
+    assert json.loads(done.stdout) == expected

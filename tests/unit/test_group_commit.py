@@ -422,8 +422,38 @@ def test_a_leader_waits_for_the_rows_of_requests_still_at_work_then_writes_them_
         time.sleep(0.1)
         assert write.groups == []  # no write while a request in flight still works on its rows
         submit_now.set()
+        released = time.monotonic()
         assert slow.result() == {} and quick.result() == {}
+        assert time.monotonic() - released < 1.0  # the leader woke when the last rows came, not at max_wait (5 s)
     assert [sorted(group) for group in write.groups] == [[("quick", 0), ("slow", 0)]]
+
+
+def test_a_request_that_finishes_without_rows_wakes_the_leader_at_once() -> None:
+    write = Writes()
+    gc = commit(write, max_wait=5.0)
+    release = threading.Event()
+
+    def request_with_no_rows_for_this_table() -> None:
+        with gc.serving():
+            assert release.wait(5)
+
+    with ThreadPoolExecutor(2) as pool:
+        other = pool.submit(request_with_no_rows_for_this_table)
+        wait_until(lambda: gc._serving == 1)
+
+        def leader() -> dict[int, str]:
+            with gc.serving():
+                return gc.submit("t", items_of("a", 1), [1], Forever())
+
+        leading = pool.submit(leader)
+        wait_until(lambda: _queued(gc) == 1)
+        time.sleep(0.1)
+        assert write.groups == []  # waiting for the other request's rows
+        release.set()
+        released = time.monotonic()
+        assert leading.result() == {}
+        assert time.monotonic() - released < 1.0  # woken when nothing was left at work, not at max_wait (5 s)
+        other.result()
 
 
 def test_a_request_at_work_delays_a_write_by_at_most_max_wait() -> None:

@@ -15,7 +15,8 @@ from personas_warehouse import messages
 from personas_warehouse.errors import ErrorClass, Rejection
 from personas_warehouse.messages import Decoded, decode, error_paths, route
 from personas_warehouse.settings import Settings, SpaceConfig
-from schemas.calls import CALL_SCHEMA, Call
+from schemas.call_schema import CALL_SCHEMA
+from schemas.calls import Call
 from tests.unit._support import FAST, THOROUGH, call, fixture, json_documents, message
 
 SETTINGS = Settings()

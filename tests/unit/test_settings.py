@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from infra import stage_config
 from personas_warehouse import settings as settings_module
 from personas_warehouse.settings import (
     ConfigError,
@@ -49,8 +54,9 @@ EXAMPLE_SPACES = {
 
 @pytest.fixture(autouse=True)
 def no_default_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never read a personas.yaml someone left next to the functions."""
+    """Tests never read a personas.yaml, or a compiled config, someone left next to the functions."""
     monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", tmp_path / "absent" / "personas.yaml")
+    monkeypatch.setattr(settings_module, "COMPILED_CONFIG_FILE", tmp_path / "absent" / "personas.compiled.json")
 
 
 def write(tmp_path: Path, content: object, name: str = "personas.yaml") -> Path:
@@ -576,3 +582,133 @@ def test_personas_event_names_that_make_one_table_are_refused(tmp_path: Path) ->
     path = write(tmp_path, {"spaces": {"mkt": {"personas_events": {"audience_entered": "audience exited"}}}})
     with pytest.raises(ConfigError, match="same table"):
         load_settings({"PERSONAS_CONFIG": str(path)})
+
+
+# --- the compiled config (make stage) -------------------------------------------------------------------
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "personas.yaml"
+
+
+def compiled_next_to(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Compile `path` as `make stage` does, into the file start-up reads."""
+    target = path.with_name("personas.compiled.json")
+    assert stage_config.main([str(path), "--target", str(target)]) == 0
+    monkeypatch.setattr(settings_module, "COMPILED_CONFIG_FILE", target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        (EXAMPLE, "personas.yaml"),
+        (EXAMPLE, "personas.json"),
+        ({"space_policy": {"allow": "listed"}, "spaces": {"default": {}, "b": {"space_ids": ["s2", "s1"]}}}, "p.yaml"),
+        ("", "personas.yaml"),
+        (REPO_CONFIG.read_text(), "personas.yaml"),
+    ],
+)
+def test_a_compiled_config_loads_as_the_file_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: object, name: str
+) -> None:
+    path = write(tmp_path, content, name)
+    validated = load_config_file(path)
+    compiled_next_to(path, monkeypatch)
+    assert load_config_file(path) == validated
+    assert list(load_config_file(path).spaces) == list(validated.spaces)  # the file's order of spaces too
+
+
+def test_a_matching_compiled_config_is_what_start_up_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Positive control for the tests below: the compiled file, not the text, gives the values."""
+    path = write(tmp_path, EXAMPLE)
+    target = compiled_next_to(path, monkeypatch)
+    document = json.loads(target.read_text())
+    document["config"]["spaces"]["sales"]["space_ids"] = ["spa_from_compiled"]
+    target.write_text(json.dumps(document))
+    assert load_settings({"PERSONAS_CONFIG": str(path)}).spaces["sales"].space_ids == ("spa_from_compiled",)
+
+
+def test_a_stale_compiled_config_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, EXAMPLE)
+    compiled_next_to(path, monkeypatch)
+    write(tmp_path, {"spaces": {"x": {"space_ids": ["spa_x"]}}})  # edited after staging
+    assert load_settings({"PERSONAS_CONFIG": str(path)}).spaces == {"x": SpaceConfig(space_ids=("spa_x",))}
+    write(tmp_path, {"spaces": {"x": {"disabled_tabels": ["users"]}}})  # and now invalid: start-up fails
+    with pytest.raises(ConfigError, match="disabled_tabels"):
+        load_settings({"PERSONAS_CONFIG": str(path)})
+    other = write(tmp_path, EXAMPLE, "other.yaml")  # PERSONAS_CONFIG elsewhere, the same text: the same values
+    assert load_settings({"PERSONAS_CONFIG": str(other)}).spaces == EXAMPLE_SPACES
+
+
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"fingerprint": 1}', '{"config": {}}'])
+def test_a_broken_compiled_config_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
+    path = write(tmp_path, EXAMPLE)
+    target = compiled_next_to(path, monkeypatch)
+    target.write_text(content)
+    assert load_settings({"PERSONAS_CONFIG": str(path)}).spaces == EXAMPLE_SPACES
+
+
+def test_the_fingerprint_covers_the_text_the_syntax_and_every_schema_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import schemas
+
+    copy = tmp_path / "schemas"
+    shutil.copytree(Path(schemas.__file__).parent, copy)
+    monkeypatch.setattr(schemas, "__file__", str(copy / "__init__.py"))
+    path = write(tmp_path, EXAMPLE)
+    first = settings_module.config_fingerprint(path, path.read_text())
+    assert settings_module.config_fingerprint(path, path.read_text() + "\n") != first
+    assert settings_module.config_fingerprint(path.with_suffix(".json"), path.read_text()) != first
+    seen = {first}
+    for name in settings_module.SCHEMA_FILES:
+        with (copy / name).open("a") as schema_file:
+            schema_file.write("\n")
+        seen.add(settings_module.config_fingerprint(path, path.read_text()))
+    assert len(seen) == 1 + len(settings_module.SCHEMA_FILES)
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ("spaces:\n  marketing:\n    disabled_tabels: [users]\n", "disabled_tabels"),
+        ("spaces: [\n", "expected the node content"),
+        ("spaces:\n  x:\n    disabled_columns:\n      identifies: [user_id]\n", "user_id"),
+    ],
+)
+def test_the_stage_step_fails_on_an_invalid_config_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, named: str
+) -> None:
+    path = write(tmp_path, content)
+    assert stage_config.main([str(path)]) == 1
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "personas.compiled.json").exists()
+
+
+_START = """
+import json, sys
+from personas_warehouse.settings import load_settings
+settings = load_settings({"PERSONAS_CONFIG": sys.argv[1]})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("yaml", "marshmallow"))
+print(json.dumps([sorted(settings.spaces), loaded]))
+"""
+
+
+def test_start_up_with_a_compiled_config_imports_neither_pyyaml_nor_marshmallow(tmp_path: Path) -> None:
+    """In a fresh process, as a function instance starts: settings from the compiled file next to the
+    functions' source (here a copy of it), and with any other file, validated as before."""
+    source = tmp_path / "function"
+    shutil.copytree(Path(settings_module.__file__).parents[1], source, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_CONFIG.parent / "schemas", source / "schemas", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_CONFIG, source / "personas.yaml")
+    assert stage_config.main([str(source / "personas.yaml")]) == 0
+    other = write(tmp_path, EXAMPLE)
+
+    def start(config: Path) -> list[Any]:
+        argv = [sys.executable, "-c", _START, str(config)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, env={"PYTHONPATH": str(source)})
+        loaded: list[Any] = json.loads(done.stdout)
+        return loaded
+
+    assert start(source / "personas.yaml") == [["default"], []]
+    spaces, imported = start(other)
+    assert spaces == sorted(EXAMPLE_SPACES) and "marshmallow" in imported and "yaml" in imported

@@ -216,6 +216,25 @@ def test_a_refused_row_is_recorded_as_row_refused_by_ingest(write: FakeWriteClie
 # -- schema changes ------------------------------------------------------------------------------------------
 
 
+def test_the_first_write_of_an_instance_uses_the_schema_it_just_read(
+    bq: StrictFakeBigQuery,
+    write: FakeWriteClient,
+    warehouse: Warehouse,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cold start reads a table once: the layout of its first append is the schema ingest fitted the rows
+    to (ensure_table's read), not a second tables.get (a round trip on the first call of every instance)."""
+    ensure(warehouse, clock, score="INT64")
+    reads: list[str] = []
+    get_table = bq.get_table
+    monkeypatch.setattr(bq, "get_table", lambda ref, **kw: reads.append(str(ref)) or get_table(ref, **kw))
+    outcome = ingest(message(identify(score=3)), warehouse, SETTINGS)
+    assert outcome.rows == {f"{DATASET}.identifies": 1} and not outcome.rejections
+    assert reads == []  # ensure_table's schema was cached; the writer asked for no other
+    assert write.rows[IDENTIFIES][0]["score"] == 3
+
+
 def test_a_column_added_after_the_layout_was_built_is_picked_up(
     write: FakeWriteClient, warehouse: Warehouse, writer: StorageWriteWriter, clock: FakeClock
 ) -> None:

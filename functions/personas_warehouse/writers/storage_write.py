@@ -4,11 +4,13 @@ committed, so durable and visible, when the append is answered without error; `r
 exactly their rows (none of the request is appended, so the others go again at once).
 
 Rows built at run time. The table's columns change while the pipeline runs (a new trait is a new
-column), so the writer reads the table's schema (fresh, whenever rows carry a column it does not know)
-and numbers every column it can write as a proto2 field (unset = NULL). Column names made by `naming.py`
-are lowercase `[a-z0-9_]` starting with a letter or `_`: valid proto field names as they are (BigQuery
-matches proto fields to columns by name, case-insensitively). Columns that are not proto identifiers (an
-operator's own flexible names) or of types this project never writes are left out: we never write them.
+column), so the writer numbers every column it can write as a proto2 field (unset = NULL), from the
+schema this instance read when it fitted the rows for a table it has no layout of yet (no second read on
+a cold start), and from a fresh read of the table whenever rows carry a column its layout lacks. Column
+names made by `naming.py` are lowercase `[a-z0-9_]` starting with a letter or `_`: valid proto field
+names as they are (BigQuery matches proto fields to columns by name, case-insensitively). Columns that
+are not proto identifiers (an operator's own flexible names) or of types this project never writes are
+left out: we never write them.
 
 A column just added. The Write API sees a new column only after a while ("in order of minutes", Google's
 client docs: https://github.com/googleapis/java-bigquerystorage/pull/437; issue #1465 there), and until
@@ -512,8 +514,11 @@ class StorageWriteWriter:
         pending = list(range(len(rows)))
         delay = FIRST_DELAY
         sight = self.sight(dataset, table)
+        fitted_to: Schema = {}  # what the Warehouse read of the table, which the rows were fitted to
+        for schema in {id(e.fitted_to): e.fitted_to for e in entries}.values():
+            fitted_to.update(schema)
         while pending:
-            layout = self._layout(dataset, table, prepared, pending, deadline, tables)
+            layout = self._layout(dataset, table, prepared, pending, fitted_to, deadline, tables)
             encoded, refused = self._encode(dataset, table, layout, rows, prepared, pending, deadline, tables)
             verdicts.update(refused)
             carried = {i: prepared[i].carried for i in encoded}
@@ -547,12 +552,16 @@ class StorageWriteWriter:
         table: str,
         prepared: Sequence[_Prepared],
         pending: list[int],
+        fitted_to: Schema,
         deadline: Deadline,
         tables: Tables,
     ) -> Layout:
-        """The cached layout, or one built from a fresh read when the rows carry a column it lacks."""
+        """The cached layout; for a table without one, the layout of the schema the rows were fitted to when
+        it has every column they carry; else one built from a fresh read."""
         needed = frozenset[str]().union(*(prepared[i].carried for i in pending))
         layout = self._layouts.get((dataset, table))
+        if layout is None and needed <= fitted_to.keys():
+            layout = self._layouts[(dataset, table)] = build_layout(fitted_to)
         delay = FIRST_DELAY
         for attempt in range(_SCHEMA_READS):
             if layout is not None and needed <= layout.fields:

@@ -1,0 +1,117 @@
+"""marshmallow schema of the one config file (its format: schemas/config.py): the definition of a valid
+config. Used where a config is validated: `make stage` compiling personas.yaml, and start-up when the
+compiled file does not match the config file (settings.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
+
+from schemas.config import (
+    ANY_SPACE,
+    DEFAULT_MAX_SPACE_DATASETS,
+    DEFAULT_PERSONAS_EVENTS,
+    LISTED_SPACES,
+    NEVER_DISABLED_TABLES,
+)
+from schemas.tables import table_specs
+
+NAME = re.compile(r"^[a-z_][a-z0-9_]{0,299}\Z")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}\Z")
+
+
+def _base_columns() -> frozenset[str]:
+    specs = table_specs()
+    return frozenset().union(*(specs[k].column_names for k in ("identifies", "tracks", "users")))
+
+
+def _names() -> fields.List[str]:
+    return fields.List(
+        fields.String(validate=validate.Regexp(NAME, error="Not a warehouse name: {input}")), load_default=list
+    )
+
+
+def _event_name(default: str) -> fields.String:
+    # No leading or trailing spaces and no control characters: Engage's names are plain titles.
+    plain = validate.Regexp(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,1022}[^\s\x00-\x1f\x7f])?\Z")
+    message = "Not a plain event name (1-1024 characters, no leading or trailing space, no control character)."
+    return fields.String(load_default=default, validate=validate.Regexp(plain.regex, error=message))
+
+
+class PersonasEventsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    audience_entered = _event_name(DEFAULT_PERSONAS_EVENTS["audience_entered"])
+    audience_exited = _event_name(DEFAULT_PERSONAS_EVENTS["audience_exited"])
+    trait_computed = _event_name(DEFAULT_PERSONAS_EVENTS["trait_computed"])
+
+    @validates_schema
+    def _distinct(self, data: dict[str, str], **kwargs: Any) -> None:
+        if len(set(data.values())) < len(data):
+            raise ValidationError(f"The three event names must differ: {data}.")
+
+
+class SpacePolicySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    allow = fields.String(load_default=ANY_SPACE, validate=validate.OneOf([ANY_SPACE, LISTED_SPACES]))
+    max_space_datasets = fields.Integer(
+        load_default=DEFAULT_MAX_SPACE_DATASETS, strict=True, validate=validate.Range(min=1)
+    )
+
+
+class SpaceConfigSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    space_ids = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    personas_events = fields.Nested(PersonasEventsSchema, load_default=lambda: dict(DEFAULT_PERSONAS_EVENTS))
+    disabled_tables = _names()
+    disabled_columns = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(r"^(\*|[a-z_][a-z0-9_]*)\Z")), values=_names(), load_default=dict
+    )
+
+    @validates("disabled_tables")
+    def _tables(self, value: list[str], **kwargs: Any) -> None:
+        kept = sorted(NEVER_DISABLED_TABLES.intersection(value))
+        if kept:
+            raise ValidationError(f"These tables cannot be disabled: {kept}.")
+
+    @validates("disabled_columns")
+    def _columns(self, value: dict[str, list[str]], **kwargs: Any) -> None:
+        base = _base_columns()
+        for table, names in value.items():
+            kept = sorted(base.intersection(names))
+            if kept:
+                raise ValidationError(f"{table}: base columns cannot be disabled: {kept}.")
+
+
+class ConfigSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    space_policy = fields.Nested(SpacePolicySchema, load_default=lambda: SpacePolicySchema().load({}))
+    spaces = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(SLUG, error="Not a safe space slug: {input}")),
+        values=fields.Nested(SpaceConfigSchema),
+        load_default=dict,
+        allow_none=True,
+    )
+
+    @validates_schema
+    def _unique_space_ids(self, data: dict[str, Any], **kwargs: Any) -> None:
+        owner: dict[str, str] = {}
+        for slug, space in (data.get("spaces") or {}).items():
+            for space_id in space.get("space_ids", []):
+                if space_id in owner:
+                    raise ValidationError(
+                        f"space_id {space_id} is listed under both {owner[space_id]} and {slug}.", field_name="spaces"
+                    )
+                owner[space_id] = slug
+
+
+CONFIG_SCHEMA = ConfigSchema()
