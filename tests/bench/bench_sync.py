@@ -386,9 +386,7 @@ def figures(local_rows: int = 200_000) -> dict[str, Any]:
     unpruned = {path: measure(layout, analyzer, path, pruned=False) for path in PATHS}
     by_partition = measure(layout, analyzer, "fold", clustered=False)
     costs = schedules(analyzer)
-    by_derived = {
-        d.name: {path: measure(layout, analyzer, path, only=d.name).read for path in PATHS} for d in DERIVED
-    }
+    by_derived = {d.name: {path: measure(layout, analyzer, path, only=d.name).read for path in PATHS} for d in DERIVED}
     analyzer.close()
     wall = local_wall_times(local_rows, local_rows // 10)
     full = paths["full rebuild"]
