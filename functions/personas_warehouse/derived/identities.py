@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Schema
 from personas_warehouse.derived.frame import Context, Keys, Plan, Source, Window
+from personas_warehouse.shaping import TRACKS
 from personas_warehouse.sql import BUCKET, IDENTIFIES, quote, table
 from schemas.tables import spec
 
 NAME, TABLE = "identities", "identities_state"
 LAYOUT = 1
-TRACKS = "tracks"
 SOURCES = (IDENTIFIES, TRACKS)  # a track call carries context too; its traits and properties are not read
 MAX_EXTERNAL_IDS = 100  # entries of one call's context.externalIds read; the rest are counted, not kept
 MAX_IDENTIFIER_CHARS = 1024  # as messageId, userId and anonymousId (schemas/calls.py MAX_ID_LENGTH)
