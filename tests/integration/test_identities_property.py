@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from infra.local.stack import Stack
 from personas_warehouse import sync
 from personas_warehouse.bigquery import Warehouse
+from personas_warehouse.derived import frame
 from personas_warehouse.derived.identities import IDENTITIES
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
@@ -203,3 +204,75 @@ def test_incremental_identities_equal_the_oracle_and_a_rebuild(
         [rebuilt] = sync.run_sync(warehouse, config, spaces=[space], full=True)["spaces"]
     assert rebuilt["tables"]["identities"]["mode"] == "full"
     assert identities(bq, space) == incremental
+
+
+class FailingOn:
+    """The real client, refusing the `n`-th MERGE into identities_state it is sent (a run that dies
+    between two of its statements: the chunks before are folded, the rest are not)."""
+
+    def __init__(self, client: bigquery.Client, n: int) -> None:
+        self._client, self._left = client, n
+
+    def query(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        if text.startswith(f"MERGE `{self._client.project}.") and ".identities_state` AS _old" in text:
+            self._left -= 1
+            if self._left == 0:
+                raise RuntimeError("the run dies here")
+        return self._client.query(text, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_run_that_dies_between_statements_counts_nothing_twice(stack: Stack, bq: bigquery.Client) -> None:
+    """Eight profiles; a second wave of calls (new ones and copies) folded by a run with chunks of two
+    partitions that dies at its third MERGE; the next run reads the same window again and must count
+    what the dead run folded exactly once."""
+    space = f"iddie_{next(_spaces)}"
+    config = Settings(
+        bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project, sync_overlap_seconds=600
+    )
+    warehouse = Warehouse(bq)
+    stored: list[tuple[dict[str, Any], datetime]] = []
+
+    def land(calls: list[dict[str, Any]]) -> None:
+        for call in calls:
+            data = base64.b64encode(json.dumps(call).encode()).decode()
+            ingest(
+                PubSubMessage(f"{space}-{len(stored)}", data, datetime.now(UTC), {"space": space}), warehouse, config
+            )
+            stored.append((call, datetime.fromisoformat(call["timestamp"])))
+
+    def wave(tag: str, minute: int) -> list[dict[str, Any]]:
+        return [
+            build(
+                0,
+                {
+                    "profile": (f"u{i}", f"a{i}"),
+                    "kind": "identify",
+                    "minute": minute,
+                    "email": f"e{i}@example.com",
+                    "device": DEVICES[i % 3],
+                    "external": ENTRIES[:2],
+                    "late": False,
+                },
+            )
+            | {"messageId": f"{tag}{i}"}
+            for i in range(8)
+        ]
+
+    first = wave("w1-", 0)
+    with mock.patch.object(sync, "DERIVED", (IDENTITIES,)):
+        land(first)
+        assert sync.run_sync(warehouse, config, spaces=[space])["spaces"][0]["status"] == "success"
+        land(wave("w2-", 3) + first[:4])  # new calls, and copies of four folded ones
+        with mock.patch.object(frame, "PARTITION_BUDGET", 2):
+            [died] = sync.run_sync(Warehouse(FailingOn(bq, 3)), config, spaces=[space])["spaces"]
+        assert died["status"] == "failure" and died["tables"]["identities"]["statements"] == 2, died
+        half = identities(bq, space)
+        assert half != oracle.as_rows(oracle.identities(stored)), "the dead run folded some chunks, not all"
+        [again] = sync.run_sync(warehouse, config, spaces=[space])["spaces"]
+        assert again["status"] == "success"
+        assert identities(bq, space) == oracle.as_rows(oracle.identities(stored))
+        sync.run_sync(warehouse, config, spaces=[space], full=True)
+        assert identities(bq, space) == oracle.as_rows(oracle.identities(stored))
