@@ -123,7 +123,7 @@ def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
     messages = layout.identify_rows + layout.track_rows
     shown = ids / (ids + messages)
     identities_state = {
-        "user_id": shown * (2 + layout.user_id_chars),
+        "user_id": 2 + layout.user_id_chars,  # message rows name the profile too (forget deletes by it)
         "anonymous_id": 0.0,
         "type": shown * (2 + 10),
         "value": shown * (2 + 30),

@@ -155,6 +155,13 @@ def test_bad_input_never_fails_a_run(stack: Stack, bq: bigquery.Client, space: s
     crm = sorted(k[3] for k in got if k[0] == "u1" and k[2] == "crm_id")
     assert crm == sorted(["first", *(f"e{i}" for i in range(100))])  # the first 100 entries of a call
     assert ("u3", None, "ios.push_token", "t3", "users", "none") in got
+    # A message row per call, naming its profile's id (what forget deletes by: tables.json).
+    state = f"`{P}.personas_{space}.identities_state`"
+    messages = query(bq, f"SELECT user_id, anonymous_id, _profile FROM {state} WHERE _message IS NOT NULL")
+    assert sorted((r["user_id"], r["anonymous_id"], r["_profile"]) for r in messages if r["user_id"]) == [
+        (c["userId"], None, f"u:{c['userId']}") for c in sent if "userId" in c
+    ]
+    assert [(r["anonymous_id"], r["_profile"]) for r in messages if not r["user_id"]] == [("a4", "a:a4")]
 
 
 def docs_queries() -> dict[str, str]:

@@ -18,7 +18,8 @@ The rule (tests/identities_oracle.py restates it in Python):
 
 Kept as `identities_state`, partitioned like every derived table by a hash of its key (the profile),
 with two kinds of rows: identifier rows (what `identities`, a view, shows) and one message row per
-profile and messageId folded (`_message`, every other column NULL, so they cost analysts nothing).
+profile and messageId folded (`_message`, with the profile's user_id or anonymous_id, so that forgetting a
+user deletes them too; every other column NULL, so they cost analysts nothing).
 The message rows make the fold exactly once: one MERGE per chunk counts only the window's calls that
 have no message row yet and inserts their message rows, atomically, so a row read again (the window's
 overlap, a failed run's chunks, a redelivered or replayed copy loaded days later) is never counted
@@ -256,8 +257,10 @@ _COLUMNS = (*SHOWN, "_profile", "_message")
 
 
 def _message_rows(calls: str) -> str:
-    nulls = ", ".join(f"NULL AS {c}" for c in SHOWN)
-    return f"SELECT {nulls}, _profile, _message FROM {calls}"
+    """A message row per (profile, messageId) of `calls`: it names the profile's user or anonymous id (what
+    forget deletes by, tables.json), the rest NULL."""
+    nulls = ", ".join(f"NULL AS {c}" for c in SHOWN if c not in ("user_id", "anonymous_id"))
+    return f"SELECT _user AS user_id, _anonymous AS anonymous_id, {nulls}, _profile, _message FROM {calls}"
 
 
 def _identifier_rows(identified: str, counted: str) -> str:
@@ -284,7 +287,8 @@ def fold_sql(project: str, dataset: str, reads: Mapping[str, Reading], keys: Key
     folded = f"SELECT _profile, _message FROM {state} AS _s WHERE {keys.partitions('_s')} AND _s._message IS NOT NULL"
     source = (
         f"WITH _calls AS ({_calls(project, dataset, reads, keys, window)}), "
-        f"_fresh AS (SELECT DISTINCT c._profile, c._message FROM _calls AS c LEFT JOIN ({folded}) AS f "
+        f"_fresh AS (SELECT DISTINCT c._profile, c._user, c._anonymous, c._message "
+        f"FROM _calls AS c LEFT JOIN ({folded}) AS f "
         f"ON f._profile = c._profile AND f._message = c._message WHERE f._message IS NULL), "
         f"_identified AS (SELECT k.*, f._message AS _counted FROM ({_identified('_calls')}) AS k LEFT JOIN _fresh AS f "
         f"ON f._profile = k._profile AND f._message = k._message) "
@@ -311,7 +315,7 @@ def rebuild_sql(project: str, dataset: str, reads: Mapping[str, Reading], keys: 
     source = (
         f"WITH _calls AS ({calls}), _identified AS ({_identified('_calls')}) "
         f"{_identifier_rows('_identified', '_message')} UNION ALL "
-        f"{_message_rows('(SELECT DISTINCT _profile, _message FROM _calls)')}"
+        f"{_message_rows('(SELECT DISTINCT _profile, _user, _anonymous, _message FROM _calls)')}"
     )
     return (
         f"MERGE {state} AS _old\n"
