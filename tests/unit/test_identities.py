@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from personas_warehouse import naming
 from personas_warehouse.bigquery import Deadline, Warehouse
@@ -22,7 +24,7 @@ from personas_warehouse.settings import Settings, SpaceConfig
 from schemas.tables import spec
 from tests import identities_oracle as oracle
 from tests.fakes import FakeBigQuery
-from tests.unit._support import fixture
+from tests.unit._support import FAST, fixture
 
 PROJECT, DATASET = "personas-test", naming.space_dataset("default")
 KEYS = Keys((3, 4, 5, 9), 10_000)
@@ -245,3 +247,153 @@ def test_bad_externalids_are_left_out_and_counted() -> None:
     found, left = oracle.carried(fixture("identify_bad_external_ids.json"))
     assert [(t, v) for t, v, _, _ in found if t not in ("user_id", "anonymous_id")] == [("crm_id", "c-1")]
     assert left == Counter({identities.INVALID_ENTRIES: 6, identities.TOO_LONG: 1})
+
+
+# -- bad input: left out and counted, never an error (the table the SQL is held to in test_identities_e2e) ---
+
+L = identities.MAX_IDENTIFIER_CHARS
+N = identities.MAX_EXTERNAL_IDS
+NOT_A_LIST, INVALID, OVER, LONG = (
+    identities.NOT_A_LIST,
+    identities.INVALID_ENTRIES,
+    identities.OVER_LIMIT,
+    identities.TOO_LONG,
+)
+
+
+def _entry(value: Any = "v", kind: Any = "crm_id", **more: Any) -> dict[str, Any]:
+    return {"id": value, "type": kind, **more}
+
+
+def _ids(n: int) -> list[dict[str, Any]]:
+    return [_entry(f"e{i}") for i in range(n)]
+
+
+Found = list[tuple[str, str, str, str]]
+
+BAD_INPUT: list[tuple[str, dict[str, Any], Found, dict[str, int]]] = [
+    # externalIds that is not a list
+    ("a string", {"externalIds": "not a list"}, [], {NOT_A_LIST: 1}),
+    ("a number", {"externalIds": 12345}, [], {NOT_A_LIST: 1}),
+    ("true", {"externalIds": True}, [], {NOT_A_LIST: 1}),
+    ("an object (flattened by ingest)", {"externalIds": _entry("x")}, [], {NOT_A_LIST: 1}),
+    ("an object of nulls (no column)", {"externalIds": {"id": None}}, [], {}),
+    ("null", {"externalIds": None}, [], {}),
+    ("an empty list", {"externalIds": []}, [], {}),
+    # entries without id or type, or not strings
+    ("no id", {"externalIds": [{"type": "crm_id"}]}, [], {INVALID: 1}),
+    ("no type", {"externalIds": [{"id": "x"}]}, [], {INVALID: 1}),
+    ("a null type", {"externalIds": [_entry("x", None)]}, [], {INVALID: 1}),
+    ("a number id", {"externalIds": [_entry(42)]}, [], {INVALID: 1}),
+    ("a float id", {"externalIds": [_entry(4.2)]}, [], {INVALID: 1}),
+    ("a boolean id", {"externalIds": [_entry(True)]}, [], {INVALID: 1}),
+    ("a list id", {"externalIds": [_entry(["x"])]}, [], {INVALID: 1}),
+    ("an object id", {"externalIds": [_entry({"id": "x"})]}, [], {INVALID: 1}),
+    ("a number type", {"externalIds": [_entry("x", 7)]}, [], {INVALID: 1}),
+    ("an empty id", {"externalIds": [_entry("")]}, [], {INVALID: 1}),
+    ("an empty type", {"externalIds": [_entry("x", "")]}, [], {INVALID: 1}),
+    ("entries that are not objects", {"externalIds": [None, [], "x", 5, {}]}, [], {INVALID: 5}),
+    (
+        "the good entry among bad ones is kept",
+        {"externalIds": [{"type": "crm_id"}, _entry("c-1"), _entry(1)]},
+        [("crm_id", "c-1", "users", "none")],
+        {INVALID: 2},
+    ),
+    (
+        "collection and encoding that are not strings become the defaults",
+        {"externalIds": [_entry("x", collection=5, encoding=None)]},
+        [("crm_id", "x", "users", "none")],
+        {},
+    ),
+    # thousands of entries: the first MAX_EXTERNAL_IDS are read, the rest counted
+    ("exactly the limit", {"externalIds": _ids(N)}, [("crm_id", f"e{i}", "users", "none") for i in range(N)], {}),
+    ("one over", {"externalIds": _ids(N + 1)}, [("crm_id", f"e{i}", "users", "none") for i in range(N)], {OVER: 1}),
+    (
+        "thousands",
+        {"externalIds": _ids(5_000)},
+        [("crm_id", f"e{i}", "users", "none") for i in range(N)],
+        {OVER: 5_000 - N},
+    ),
+    (
+        "bad entries past the limit are over the limit, not invalid",
+        {"externalIds": [*_ids(N), {}, {}]},
+        [("crm_id", f"e{i}", "users", "none") for i in range(N)],
+        {OVER: 2},
+    ),
+    # identifiers longer than MAX_IDENTIFIER_CHARS (every part of one: type, value, collection, encoding)
+    ("an id at the bound", {"externalIds": [_entry("x" * L)]}, [("crm_id", "x" * L, "users", "none")], {}),
+    ("an id over it", {"externalIds": [_entry("x" * (L + 1))]}, [], {LONG: 1}),
+    ("a type over it", {"externalIds": [_entry("x", "t" * (L + 1))]}, [], {LONG: 1}),
+    ("a collection over it", {"externalIds": [_entry("x", collection="c" * (L + 1))]}, [], {LONG: 1}),
+    ("an encoding over it", {"externalIds": [_entry("x", encoding="e" * (L + 1))]}, [], {LONG: 1}),
+    ("a long id without a type is invalid", {"externalIds": [{"id": "x" * (L + 1)}]}, [], {INVALID: 1}),
+    ("a context email over it", {"traits": {"email": "e" * (L + 1)}}, [], {LONG: 1}),
+    ("an ios device id over it", {"device": {"type": "ios", "id": "d" * (L + 1)}}, [], {LONG: 1}),
+    ("a push token over it", {"device": {"type": "android", "token": "t" * (L + 1)}}, [], {LONG: 1}),
+    ("a web device id is no identifier, long or not", {"device": {"type": "web", "id": "d" * (L + 1)}}, [], {}),
+    ("an empty device id", {"device": {"type": "ios", "id": ""}}, [], {}),
+    (
+        "an advertising id without ad tracking is no identifier, long or not",
+        {"device": {"type": "ios", "advertisingId": "a" * (L + 1), "adTrackingEnabled": False}},
+        [],
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(("context", "found", "counts"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_left_out_and_counted(context: dict[str, Any], found: Found, counts: dict[str, int]) -> None:
+    """The rule (tests/identities_oracle.py, which the integration tests hold the SQL to) on each kind of
+    bad input the issue names: what is kept, and what goes to the run's report under which count."""
+    call = {"type": "track", "messageId": "m", "userId": "u", "context": context}
+    got, left = oracle.carried(call)
+    assert got[0] == ("user_id", "u", "users", "none") and got[1:] == found
+    assert left == Counter(counts)
+
+
+def test_the_report_counts_are_the_ones_the_sql_sums() -> None:
+    """counts(): one SQL expression per count the oracle keeps, with the same bounds, over the read columns
+    and any context_external_ids_* column (externalIds once sent as an object)."""
+    read = identities.reading("identifies", EVERY_COLUMN | {"context_external_ids_id": "STRING"})
+    sql = dict(identities.counts(read))
+    assert list(sql) == [NOT_A_LIST, INVALID, OVER, LONG]
+    assert "OR `context_external_ids_id` IS NOT NULL" in sql[NOT_A_LIST]
+    assert f"WITH OFFSET AS _n WHERE _n < {N})" in sql[INVALID] and f"- {N}, 0)" in sql[OVER]
+    assert f"> {L}, 1, 0)" in sql[LONG] and f"<= {L}" in sql[LONG]
+    # Each read identifier but userId and anonymousId (1,024 characters at most, schemas/calls.py) is measured.
+    measured = [i.value for i in identities.identifiers(read.columns)][2:]
+    assert all(f"LENGTH({v}) > {L}" in sql[LONG] for v in measured)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+texts = st.sampled_from(["", "x", "x" * L, "x" * (L + 1)]) | st.text(max_size=8)
+entries = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"id": texts | json_values, "type": texts | json_values},
+        optional={"collection": texts | json_values, "encoding": texts | json_values},
+    ),
+)
+
+
+@FAST
+@given(external=st.lists(entries, max_size=N + 20) | json_values)
+def test_any_externalids_is_read_or_counted_never_an_error(external: Any) -> None:
+    """Whatever externalIds holds: every entry read is an identifier or counted once (invalid or too long),
+    every entry past the limit is counted once, and what is kept is text within the bound (type and value
+    non-empty)."""
+    found, left = oracle.carried({"type": "identify", "messageId": "m", "context": {"externalIds": external}})
+    assert set(left) <= {NOT_A_LIST, INVALID, OVER, LONG}
+    for kind, value, *rest in found:  # a collection or encoding is kept as sent, "" included
+        assert kind and value and all(isinstance(t, str) and len(t) <= L for t in (kind, value, *rest))
+    if isinstance(external, list):
+        assert left[OVER] == max(len(external) - N, 0) and NOT_A_LIST not in left
+        assert len(found) + left[INVALID] + left[LONG] == min(len(external), N)
+    else:
+        # Ingest flattens an object into context_external_ids_* columns; only null values make none.
+        nothing = external is None or (isinstance(external, dict) and all(v is None for v in external.values()))
+        assert found == [] and left == (Counter() if nothing else Counter({NOT_A_LIST: 1}))
