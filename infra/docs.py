@@ -71,7 +71,8 @@ def tables_section() -> str:
         if table.dedup_view:
             view = "<event>_view" if kind == "track_event" else f"{kind}_view"
             extra.append(f"the view `{view}` keeps one row per `id`")
-        out.append(f"#### `{kind}` ({where})\n\n{table.description} {'; '.join(extra).capitalize()}.\n")
+        layout = f" {'; '.join(extra).capitalize()}." if extra else ""
+        out.append(f"#### `{kind}` ({where})\n\n{table.description}{layout}\n")
         out.append("| column | type | meaning |\n|---|---|---|")
         out.extend(f"| `{c.name}` | {c.type} | {c.description} |" for c in table.columns)
         out.append("")

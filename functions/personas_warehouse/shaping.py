@@ -20,11 +20,12 @@ from personas_warehouse import naming, values
 from personas_warehouse.errors import DiscardReason
 from personas_warehouse.messages import RoutedCall
 from personas_warehouse.settings import SpaceConfig
-from schemas.tables import spec
+from schemas.tables import spec, table_specs
 
 IDENTIFIES, TRACKS, TRACK_EVENT, DISCARDS = "identifies", "tracks", "track_event", "discards"
-# Fixed tables of a space dataset: an event whose name lands on one of them gets a `_` prefix.
-FIXED_TABLES = frozenset({IDENTIFIES, TRACKS, DISCARDS, "users", "users_state"})
+# Fixed tables and views of a space dataset (every one tables.json declares there, derived tables included):
+# an event whose name lands on one of them gets a `_` prefix.
+FIXED_TABLES = frozenset(k for k, s in table_specs().items() if s.dataset == "space" and k != TRACK_EVENT)
 CONTEXT_PREFIX = "context_"
 MAX_DEPTH = 8  # deeper objects are stored as JSON text at this depth
 

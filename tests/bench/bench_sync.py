@@ -13,11 +13,15 @@ is billed for every column it reads of every partition it cannot prune, at least
   - identifies is partitioned by day on loaded_at and clustered on loaded_at: a statement bounded by
     `@since` reads the rows loaded since (clustering; the newest day's partition without it: both are
     printed); the others read the whole history (nothing prunes it for them);
-  - users_state is partitioned into 10,000 integer ranges by a hash of the user id, and every statement
-    names the ranges it may touch as constants in its merge condition (documented pruning: constant
-    filters on the partitioning column, https://cloud.google.com/bigquery/docs/using-dml-with-partitioned-tables);
-    Google says the optimizer "might or might not" push a merge condition down, so each path is also
-    priced as if the target were read whole ("unpruned");
+  - tracks (read by identities) is partitioned by day on received_at and clustered as tables.json says:
+    a statement bounded by `@since` reads the rows loaded since only when its clustering starts with
+    loaded_at; otherwise nothing prunes it and it reads the whole history;
+  - users_state and identities_state are partitioned into 10,000 integer ranges by a hash of their key,
+    and every statement names the ranges it may touch as constants in its merge condition (documented
+    pruning: constant filters on the partitioning column,
+    https://cloud.google.com/bigquery/docs/using-dml-with-partitioned-tables); Google says the optimizer
+    "might or might not" push a merge condition down, so each path is also priced as if the target were
+    read whole ("unpruned");
   - sync_history is read for a day (one query per run for every space and table), partitioned by day.
 - Bytes per value are BigQuery's: STRING 2 + length, INT64/FLOAT64/TIMESTAMP 8, BOOL 1, NULL 0.
 
@@ -38,6 +42,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 from google.cloud import bigquery
 
@@ -75,6 +80,13 @@ class Layout:
     id_chars: int = 36  # messageId
     user_id_chars: int = 10
     history_rows_per_day: int = 1_440  # sync_history rows a day (one per run, table and space)
+    # identities: a space whose computations send track calls as well, as many as identify calls
+    track_rows: int = 1_000_000
+    identifiers_per_user: int = 4  # identifier rows per profile (user_id, email, a device id, an anonymousId)
+    mobile_share: float = 0.5  # calls carrying context.device ids
+    external_ids_share: float = 0.5  # calls carrying context.externalIds
+    external_ids_chars: int = 120  # their JSON text
+    email_chars: int = 20
 
 
 def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
@@ -92,7 +104,47 @@ def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
     for i in range(layout.traits):  # every user has every trait: an upper bound
         state |= {trait(i): 8, naming.asof_column(trait(i)): key}
     history = {c.name: 20.0 for c in spec(SYNC_HISTORY).columns}
-    return {"identifies": identifies, "users_state": state, SYNC_HISTORY: history}
+    mobile, external = layout.mobile_share, layout.external_ids_share
+    context = {
+        "context_traits_email": 2 + layout.email_chars,
+        "context_device_type": mobile * (2 + 3),
+        "context_device_id": mobile * (2 + layout.id_chars),
+        "context_device_advertising_id": mobile * (2 + layout.id_chars),
+        "context_device_ad_tracking_enabled": mobile * 1,
+        "context_device_token": mobile * (2 + 64),
+        "context_external_ids": external * (2 + layout.external_ids_chars),
+    }
+    identifies |= {"email": 2 + layout.email_chars} | context
+    state |= {"email": 2 + layout.email_chars, naming.asof_column("email"): key}  # email is a trait to users
+    base = {c: b for c, b in identifies.items() if c in spec("tracks").column_names}
+    tracks = base | {"event": 2 + 16, "event_text": 2 + 16} | context
+    # identities_state: identifier rows (what identities shows) and one message row per call folded.
+    ids = layout.users * layout.identifiers_per_user
+    messages = layout.identify_rows + layout.track_rows
+    shown = ids / (ids + messages)
+    identities_state = {
+        "user_id": 2 + layout.user_id_chars,  # message rows name the profile too (forget deletes by it)
+        "anonymous_id": 0.0,
+        "type": shown * (2 + 10),
+        "value": shown * (2 + 30),
+        "collection": shown * (2 + 5),
+        "encoding": shown * (2 + 4),
+        **{c: shown * 8 for c in ("first_seen_at", "last_seen_at", "calls")},
+        "_profile": 2 + 2 + layout.user_id_chars,
+        "_message": (1 - shown) * (2 + layout.id_chars),
+        "_bucket": 8,
+    }
+    return {
+        "identifies": identifies,
+        "tracks": tracks,
+        "users_state": state,
+        "identities_state": identities_state,
+        SYNC_HISTORY: history,
+    }
+
+
+# Types of the columns ingest makes that the model's tables have (the others are base columns or traits).
+CONTEXT_TYPES = {"context_device_ad_tracking_enabled": "BOOL", "email": "STRING"}
 
 
 def trait(i: int) -> str:
@@ -138,17 +190,26 @@ class Recording(FakeBigQuery):
         return SimpleNamespace(result=lambda **_: rows, dml_stats=stats, num_dml_affected_rows=0)
 
 
-def statements(layout: Layout, path: str) -> list[tuple[str, dict[str, str]]]:
+def statements(layout: Layout, path: str, only: str | None = None) -> list[tuple[str, dict[str, str]]]:
+    """The sync's statements on `path`, of every derived table or `only` the one of that name."""
+    if only is not None:
+        with mock.patch.object(sync, "DERIVED", tuple(d for d in DERIVED if d.name == only)):
+            return statements(layout, path)
     previous, skipped = path != "full rebuild", [trait(0)] if path == "column switched back on" else []
     client = Recording(layout, previous=previous, skipped=skipped, idle=path in ("idle", "column switched back on"))
     warehouse = Warehouse(client)  # type: ignore[arg-type]
     settings = Settings(project=PROJECT)
     deadline = sync.Deadline(60)
     traits = {trait(i): "FLOAT64" for i in range(layout.traits)}
+    sizes = value_bytes(layout)
+    context = {c: CONTEXT_TYPES.get(c, "STRING") for c in sizes["tracks"] if c.startswith("context_")}
     warehouse.ensure_table(DATASET, "identifies", spec("identifies"), deadline)
-    warehouse.add_columns(DATASET, "identifies", traits, deadline)
+    warehouse.add_columns(DATASET, "identifies", traits | context | {"email": "STRING"}, deadline)
+    warehouse.ensure_table(DATASET, "tracks", spec("tracks"), deadline)
+    warehouse.add_columns(DATASET, "tracks", context, deadline)
     warehouse.ensure_table(DATASET, "users_state", spec("users_state"), deadline)
     state = {n: t for c in users.synced(list(traits)) for n, t in ((c.column, "FLOAT64"), (c.asof, "STRING"))}
+    state |= {"email": "STRING", naming.asof_column("email"): "STRING"}
     warehouse.add_columns(DATASET, "users_state", state, deadline)
     hidden = [users.ROW_ASOF, "_bucket", *(c for c in state if c.startswith(naming.ASOF_PREFIX))]
     warehouse.put_view(DATASET, "users", users.users_view_query(PROJECT, DATASET, hidden), deadline)  # as a run left it
@@ -160,13 +221,19 @@ def statements(layout: Layout, path: str) -> list[tuple[str, dict[str, str]]]:
 def catalog(layout: Layout) -> sqlcheck.Catalog:
     sizes = value_bytes(layout)
     found = sqlcheck.Catalog()
-    for name in ("identifies", "users_state"):
+    for name in ("identifies", "tracks", "users_state", "identities_state"):
         columns = {c.name: c.type for c in spec(name).columns}
-        dynamic = {c: "STRING" if c.startswith(naming.ASOF_PREFIX) else "FLOAT64" for c in sizes[name]}
+        dynamic = {c: _dynamic_type(c) for c in sizes[name]}
         found.tables[f"{PROJECT}.{DATASET}.{name}"] = dynamic | columns
     history = spec(SYNC_HISTORY)
     found.tables[f"{PROJECT}.{Settings().ops_dataset}.{SYNC_HISTORY}"] = {c.name: c.type for c in history.columns}
     return found
+
+
+def _dynamic_type(column: str) -> str:
+    if column in CONTEXT_TYPES:
+        return CONTEXT_TYPES[column]
+    return "STRING" if column.startswith((naming.ASOF_PREFIX, "context_")) else "FLOAT64"
 
 
 def rows_read(table: str, text: str, layout: Layout, *, clustered: bool, pruned: bool) -> float:
@@ -175,9 +242,17 @@ def rows_read(table: str, text: str, layout: Layout, *, clustered: bool, pruned:
         if "@since" in text:  # partitioned by day on loaded_at, clustered by loaded_at first
             return layout.new_rows if clustered else layout.identify_rows / layout.days
         return layout.identify_rows
-    if table.endswith(".users_state"):
+    if table.endswith(".tracks"):  # partitioned by day on received_at: a window on loaded_at prunes no day
+        by_load = spec("tracks").clustering[:1] == ("loaded_at",)
+        return layout.new_rows if "@since" in text and by_load and clustered else layout.track_rows
+    kept = {".users_state": layout.users, ".identities_state": layout.users * layout.identifiers_per_user}
+    for suffix, rows in kept.items():
+        if not table.endswith(suffix):
+            continue
+        if suffix == ".identities_state":
+            rows += layout.identify_rows + layout.track_rows  # a message row per call folded
         named = confined_to(text, _BETWEEN, _IN)
-        return layout.users * len(named) / BUCKETS if named is not None and pruned else layout.users
+        return rows * len(named) / BUCKETS if named is not None and pruned else rows
     if table.endswith(f".{SYNC_HISTORY}"):
         return layout.history_rows_per_day  # started_at >= a day ago: one daily partition or two
     return 0.0
@@ -194,11 +269,17 @@ class Bytes:
 
 
 def measure(
-    layout: Layout, analyzer: sqlcheck.Analyzer, path: str, *, clustered: bool = True, pruned: bool = True
+    layout: Layout,
+    analyzer: sqlcheck.Analyzer,
+    path: str,
+    *,
+    clustered: bool = True,
+    pruned: bool = True,
+    only: str | None = None,
 ) -> Bytes:
     sizes, tables, read, billed, lines = value_bytes(layout), catalog(layout), 0.0, 0.0, []
     by_table: dict[str, float] = {}
-    sent = statements(layout, path)
+    sent = statements(layout, path, only)
     for text, params in sent:
         analysis = analyzer.analysis(text, params, tables)
         if analysis.errors:
@@ -230,6 +311,7 @@ def schedules(analyzer: sqlcheck.Analyzer) -> dict[str, dict[str, float]]:
         day = replace(
             Layout(),
             identify_rows=calls_per_day * 30,
+            track_rows=calls_per_day * 30,
             days=30,
             users=users_count,
             new_rows=new,
@@ -245,6 +327,10 @@ def schedules(analyzer: sqlcheck.Analyzer) -> dict[str, dict[str, float]]:
             "USD per day, target unpruned": dollars(unpruned.billed) * runs,
             "idle MB billed per run": idle.billed / MB,
             "idle USD per day": dollars(idle.billed) * runs,
+            **{
+                f"{d.name} USD per day": dollars(measure(day, analyzer, "fold", only=d.name).billed) * runs
+                for d in DERIVED
+            },
         }
     return found
 
@@ -300,6 +386,7 @@ def figures(local_rows: int = 200_000) -> dict[str, Any]:
     unpruned = {path: measure(layout, analyzer, path, pruned=False) for path in PATHS}
     by_partition = measure(layout, analyzer, "fold", clustered=False)
     costs = schedules(analyzer)
+    by_derived = {d.name: {path: measure(layout, analyzer, path, only=d.name).read for path in PATHS} for d in DERIVED}
     analyzer.close()
     wall = local_wall_times(local_rows, local_rows // 10)
     full = paths["full rebuild"]
@@ -323,6 +410,7 @@ def figures(local_rows: int = 200_000) -> dict[str, Any]:
         "ratio_read_day_partitions_only": by_partition.read / full.read,
         "ratio_billed": paths["fold"].billed / full.billed,
         "schedules_at_1M_calls_and_1M_users": costs,
+        "read_by_derived_table": by_derived,
     }
 
 
@@ -342,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             f"billed; target unpruned: {p['read_unpruned'] / MB:,.2f} MB read\n" + "\n".join(p["lines"])
         )
     print(f"read, fold / full rebuild: {result['ratio_read']:.4f} (target <= 0.05)")
+    for name, read in result["read_by_derived_table"].items():
+        each = ", ".join(f"{path} {b / MB:,.2f} MB" for path, b in read.items())
+        print(f"{name} alone: {each}; fold / full rebuild {read['fold'] / read['full rebuild']:.4f}")
     print(f"read, with day partitions only (no clustering): {result['ratio_read_day_partitions_only']:.4f}")
     wall = result["local_wall_times"]
     print(
@@ -353,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: {cost['MB billed per run']:,.1f} MB billed per run, ${cost['USD per day']:.2f} a day "
             f"(${cost['USD per day, target unpruned']:.2f} if the target were read whole); an idle space "
-            f"${cost['idle USD per day']:.2f} a day (${PRICE_PER_TIB}/TiB)"
+            f"${cost['idle USD per day']:.2f} a day (${PRICE_PER_TIB}/TiB); "
+            + ", ".join(f"{d.name} alone ${cost[f'{d.name} USD per day']:.2f}" for d in DERIVED)
         )
     return 0
 

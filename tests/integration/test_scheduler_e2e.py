@@ -24,18 +24,20 @@ def test_scheduled_syncs_bring_a_published_trait_into_users(
     assert stack.config.sync_every_seconds == 0  # the session stack has no scheduler of its own
     lines: list[str] = []
     # spaces=[space]: the ticks touch this test's space only, never the spaces other tests sync by hand.
-    scheduler = Scheduler(stack.config.sync_url, 2, [space], log=lines.append)
+    # Every 10 s: a tick's request times out at 9 s, and a sync of users and identities on the emulator takes a
+    # few seconds (the first one, a full rebuild of both, longer).
+    scheduler = Scheduler(stack.config.sync_url, 10, [space], log=lines.append)
     scheduler.start()
     try:
         publish(identify("u1", "sched-1", "2026-11-01T10:00:00Z", plan="gold", seats=3), space=space)
         found: list[dict[str, Any]] = []
-        end = time.monotonic() + 60
+        end = time.monotonic() + 120
         while time.monotonic() < end:
             try:
                 found = query(bq, f"SELECT * FROM `{P}.personas_{space}.users`")
             except Exception:  # no `users` before the first sync that saw the call
                 found = []
-            if found:
+            if found and any(t.ok for t in scheduler.ticks):
                 break
             time.sleep(0.5)
     finally:

@@ -7,7 +7,11 @@
 - calls streamed through Pub/Sub while incremental syncs run back to back, over many more users than a
   run touches, end as one row per user, equal to a full rebuild and to the oracle;
 - every statement modifies only the partitions its constant filters name, at most the budget (measured
-  on the emulator by comparing users_state before and after each statement, with a small budget).
+  on the emulator by comparing the kept table, users_state or identities_state, before and after each
+  statement, with a small budget).
+
+Every derived table is checked: users against its oracle, identities against its own
+(tests/identities_oracle.py), each equal to a full rebuild.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.sync import run_sync
+from tests import identities_oracle
 from tests.integration.conftest import OVERLAP_SECONDS, query, wait_rows
+from tests.integration.test_identities_e2e import identities
 from tests.integration.test_sync_property import oracle
 from tests.sync_fakes import _BETWEEN, _IN, confined_to
 
@@ -102,12 +108,26 @@ def users_of(bq: bigquery.Client, project: str, space: str) -> dict[str, dict[st
     return found
 
 
+def identities_oracle_of(bq: bigquery.Client, project: str, space: str) -> dict[Any, Any]:
+    """identities by its rule, from every stored identify row (these tests' calls carry only a userId)."""
+    rows = query(bq, f"SELECT id, user_id, anonymous_id, timestamp FROM `{project}.personas_{space}.identifies`")
+    calls = [
+        (
+            {"type": "identify", "messageId": r["id"], "userId": r["user_id"], "anonymousId": r["anonymous_id"]},
+            r["timestamp"],
+        )
+        for r in rows
+    ]
+    return identities_oracle.as_rows(identities_oracle.identities(calls))
+
+
 def assert_right(bq: bigquery.Client, warehouse: Warehouse, config: Settings, project: str, space: str) -> None:
-    """users equals the oracle over every stored call, and a full rebuild changes nothing."""
-    incremental = users_of(bq, project, space)
+    """users and identities equal their oracles over every stored call, and a full rebuild changes nothing."""
+    incremental, kept = users_of(bq, project, space), identities(bq, space)
     assert incremental == oracle(stored_calls(bq, project, space))
+    assert kept == identities_oracle_of(bq, project, space)
     run_sync(warehouse, config, spaces=[space], full=True)
-    assert users_of(bq, project, space) == incremental
+    assert users_of(bq, project, space) == incremental and identities(bq, space) == kept
 
 
 @contextmanager
@@ -226,20 +246,21 @@ def test_calls_streamed_while_syncs_run_back_to_back(
 
 
 def test_each_statement_modifies_only_the_partitions_it_names(stack: Stack, bq: bigquery.Client) -> None:
-    """users_state compared before and after every statement: the partitions whose rows changed are among
-    those the statement's constant filters name, and no more than the budget."""
+    """The kept table (users_state, identities_state) compared before and after every statement: the
+    partitions whose rows changed are among those the statement's constant filters name, and no more than
+    the budget."""
     project, space = stack.config.project, f"parts_{next(_counter)}"
     config = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=30)
     plain = Warehouse(bq)
     rng = random.Random(3)
     now = datetime.now(UTC) - timedelta(minutes=1)
     land(plain, config, space, [identify(f"u{i}", rng.randrange(4), a=i) for i in range(60)], now)
-    checked: list[tuple[int, int]] = []
+    checked: list[tuple[str, int, int]] = []
     snapshot: dict[str, Any] = {}
 
-    def state() -> dict[int, list[str]]:
+    def state(kept: str) -> dict[int, list[str]]:
         try:
-            rows = query(bq, f"SELECT * FROM `{project}.personas_{space}.users_state`")
+            rows = query(bq, f"SELECT * FROM `{project}.personas_{space}.{kept}`")
         except Exception:  # not created yet
             return {}
         found: dict[int, list[str]] = {}
@@ -249,18 +270,19 @@ def test_each_statement_modifies_only_the_partitions_it_names(stack: Stack, bq: 
 
     def before(text: str) -> None:
         flush()
-        snapshot.update(text=text, state=state())
+        kept = text.split("`", 2)[1].rsplit(".", 1)[1]  # MERGE `project.dataset.table`
+        snapshot.update(text=text, kept=kept, state=state(kept))
 
     def flush() -> None:
-        """Compare the state with the one before the last statement."""
+        """Compare the kept table with what it was before the last statement."""
         if not snapshot:
             return
-        text, earlier = snapshot.pop("text"), snapshot.pop("state")
-        now_state = state()
+        text, kept, earlier = snapshot.pop("text"), snapshot.pop("kept"), snapshot.pop("state")
+        now_state = state(kept)
         changed = {b for b in set(earlier) | set(now_state) if earlier.get(b) != now_state.get(b)}
         named = confined_to(text, _BETWEEN, _IN)
-        assert named is not None and changed <= named, (sorted(changed - (named or set())), text[:200])
-        checked.append((len(changed), len(named)))
+        assert named is not None and changed <= named, (kept, sorted(changed - (named or set())), text[:200])
+        checked.append((kept, len(changed), len(named)))
 
     hooked = Warehouse(Hooked(bq, before))
     with small_budget(2_500):  # a full run: four statements over the 10,000 partitions
@@ -271,6 +293,10 @@ def test_each_statement_modifies_only_the_partitions_it_names(stack: Stack, bq: 
     with small_budget(4):  # an incremental run: 40 users in chunks of 4 partitions
         run_sync(hooked, config, spaces=[space])
         flush()
-    assert len(checked) >= 4 + 10, checked
-    assert all(changed <= named <= 4 for changed, named in checked[4:]) and sum(c for c, _ in checked[4:]) >= 35
+    full, incremental = checked[:8], checked[8:]  # four statements per table, then chunks of four partitions
+    assert [k for k, _, _ in full] == ["users_state"] * 4 + ["identities_state"] * 4, checked
+    for kept in ("users_state", "identities_state"):
+        mine = [(changed, named) for k, changed, named in incremental if k == kept]
+        assert len(mine) >= 10 and all(changed <= named <= 4 for changed, named in mine), (kept, mine)
+        assert sum(changed for changed, _ in mine) >= 35, (kept, mine)
     assert_right(bq, plain, config, project, space)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from infra.local.stack import Stack
-from personas_warehouse import sql
+from personas_warehouse import sql, sync
 from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.derived import users as users_table
 from personas_warehouse.derived.frame import Keys, Window
@@ -122,7 +122,8 @@ def test_incremental_sync_equals_full_rebuild(
         users_table.history_sql(project, dataset, one, keys, window),
     )
     limit = max(map(len, widest)) + 40 if narrow else sql.MAX_QUERY_CHARS
-    with mock.patch.object(sql, "MAX_QUERY_CHARS", limit):
+    # users only: identities has a property test of its own (test_identities_property.py).
+    with mock.patch.object(sql, "MAX_QUERY_CHARS", limit), mock.patch.object(sync, "DERIVED", (users_table.USERS,)):
         _check_incremental_equals_full(stack, bq, calls, duplicates, chunks, order)
 
 

@@ -111,6 +111,22 @@ def populate(world: World, user: str, prefix: str, space: str | None = None) -> 
     dataset = f"personas_{space or 'default'}"
     world.warehouse.ensure_table(dataset, "users_state", spec("users_state"), Deadline(60))
     world.fake.rows[f"{PROJECT}.{dataset}.users_state"].append({"id": user, "_bucket": 1})  # MERGE-written
+    world.warehouse.ensure_table(dataset, "identities_state", spec("identities_state"), Deadline(60))
+    world.fake.rows[f"{PROJECT}.{dataset}.identities_state"].extend(identities_rows(user, prefix))
+
+
+def identities_rows(user: str, prefix: str, anonymous: str | None = None) -> list[dict[str, Any]]:
+    """identities_state as the sync's MERGE leaves it after the calls of populate(): the user's profile (its
+    userId, and an anonymousId it was seen with) and the anonymous profile, each with a message row."""
+    anonymous = anonymous or f"anon-{user}"
+    mine, anon = {"user_id": user, "_profile": f"u:{user}"}, {"anonymous_id": anonymous, "_profile": f"a:{anonymous}"}
+    return [
+        {**mine, "type": "user_id", "value": user, "calls": 3, "_bucket": 2},
+        {**mine, "type": "anonymous_id", "value": anonymous, "calls": 1, "_bucket": 2},
+        {**mine, "_message": f"{prefix}-1", "_bucket": 2},
+        {**anon, "type": "anonymous_id", "value": anonymous, "calls": 1, "_bucket": 3},
+        {**anon, "_message": f"{prefix}-5", "_bucket": 3},
+    ]
 
 
 def holding(world: World, *values: str) -> dict[str, int]:
@@ -182,9 +198,29 @@ def test_forget_deletes_every_row_of_the_user_and_nothing_of_another(world: Worl
     found = {(t.dataset, t.table): t.found for t in report.tables if t.found}
     assert found[("personas_default", "discards")] == 1 and found[("personas__ops", "replays")] == 2
     assert found[("personas_mkt", "identifies")] == 2 and found[("personas_default", "users_state")] == 1
+    # identities_state: the profiles' rows, message rows included (their _profile names the id too).
+    assert found[("personas_default", "identities_state")] == 5
+    assert {r["_profile"] for r in world.rows("identities_state")} == {"u:bob", "a:anon-bob"}
     assert [r["row_id"] for r in world.rows("discards")] == ["b-2"]
     # The replay rows of alice went with her rejections; bob's stayed.
     assert [r["new_message_id"] for r in world.rows("replays", "personas__ops")] == ["new-b"]
+
+
+def test_an_anonymous_id_is_forgotten_from_the_users_profiles_that_recorded_it(world: World) -> None:
+    """identities records a user's anonymousIds as rows of the user's profile: forgetting the anonymousId
+    alone deletes those rows and the anonymous profile, and nothing else of the user's."""
+    populate(world, "alice", "a")
+    world.fake.rows[f"{PROJECT}.personas_default.identities_state"].extend(identities_rows("carol", "c", "anon-alice"))
+    world.advance(31 * 60)
+    world.forget(anonymous=("anon-alice",))
+    left = world.rows("identities_state")
+    assert [r for r in left if "anon-alice" in (r.get("anonymous_id"), r.get("value"), r["_profile"][2:])] == []
+    assert sorted((r["_profile"], r.get("type") or "", r.get("value") or "") for r in left) == [
+        ("u:alice", "", ""),  # a message row
+        ("u:alice", "user_id", "alice"),
+        ("u:carol", "", ""),
+        ("u:carol", "user_id", "carol"),
+    ]
 
 
 def test_a_request_stays_pending_until_in_flight_calls_cannot_land_then_releases_the_ids(world: World) -> None:
@@ -216,7 +252,7 @@ def test_rows_in_the_streaming_buffer_are_left_pending_with_why_then_finished_by
     assert left["identifies"].why.startswith("kept until discards is empty")
     assert left["rejected_messages"].why.startswith("kept until replays is empty")
     deleted = {t.table: t.deleted for t in report.tables if t.deleted}
-    assert deleted == {"users_state": 1}  # written by MERGE: never in the buffer
+    assert deleted == {"users_state": 1, "identities_state": 3}  # by MERGE, never in the buffer (alice's profile)
     assert command.main is not None and report.left > 0
 
     world.advance(20 * 60)

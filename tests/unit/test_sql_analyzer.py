@@ -63,6 +63,29 @@ AWKWARD = {key: TYPES[i % len(TYPES)] for i, key in enumerate([*KEYWORDS, *SQL_N
 }
 TRAITS = sqlcheck.trait_columns(AWKWARD)
 CONTEXT = {"context_personas_computation_key": "STRING", "context_library_version": "STRING"}
+# The context columns identities reads (docs/identities.md), as ingest types them, in identifies and tracks.
+MOBILE = {
+    "context_traits_email": "STRING",
+    "context_device_type": "STRING",
+    "context_device_id": "STRING",
+    "context_device_advertising_id": "STRING",
+    "context_device_ad_tracking_enabled": "BOOL",
+    "context_device_token": "STRING",
+    "context_external_ids": "STRING",
+    "context_external_ids_id": "STRING",  # externalIds once sent as an object
+}
+# The same columns as a first value of another type would have made them: read as text where they can be.
+ODD_MOBILE = {
+    "context_traits_email": "INT64",
+    "context_device_type": "STRING",
+    "context_device_id": "TIMESTAMP",
+    "context_device_advertising_id": "INT64",
+    "context_device_ad_tracking_enabled": "STRING",
+    "context_device_token": "FLOAT64",
+    "context_external_ids": "BOOL",
+}
+# Tables the sync makes (derived tables and their views): a scenario lays out only those it says it has.
+MADE_BY_SYNC = {name for d in DERIVED for name in (d.name, d.table)}
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +213,7 @@ class Scenario:
     expect: Mapping[str, str] = field(default_factory=dict)  # slug -> status other than success
     canned: bool = False  # see RecordingBigQuery
     skipped: Mapping[str, list[str]] = field(default_factory=dict)  # slug -> columns the last run left out
+    context: Mapping[str, str] = field(default_factory=lambda: CONTEXT)  # context columns of identifies and tracks
 
     def __str__(self) -> str:
         return self.name
@@ -236,9 +260,24 @@ SCENARIOS = [
         {"default": TRAITS, "marketing": TRAITS},
         Settings(spaces={"marketing": SpaceConfig(disabled_tables=frozenset({"users"}))}),
         history=True,
-        expect={"marketing": sync.SKIPPED},
     ),
     Scenario("domain_scoped_project", {"default": TRAITS}, history=True, project="example.com:personas-test"),
+    Scenario("identities_first_run", {"default": {"email": "STRING"}}, context=CONTEXT | MOBILE),
+    Scenario("identities_fold", {"default": {"email": "STRING"}}, history=True, context=CONTEXT | MOBILE),
+    Scenario(
+        "identities_odd_types",
+        {"default": {"email": "BOOL"}},
+        history=True,
+        context=ODD_MOBILE,
+        expect={"default": sync.PARTIAL},
+    ),
+    Scenario(
+        "identities_disabled",
+        {"default": TRAITS},
+        Settings(spaces={"default": SpaceConfig(disabled_tables=frozenset({"identities"}))}),
+        history=True,
+        context=CONTEXT | MOBILE,
+    ),
 ]
 
 
@@ -264,14 +303,14 @@ def run(scenario: Scenario, analyzer: sqlcheck.Analyzer) -> tuple[RecordingBigQu
         laid = sqlcheck.warehouse_catalog(scenario.project, {slug: traits}, ops_dataset=ops)
         for path, columns in laid.tables.items():
             _, dataset, name = path.rsplit(".", 2)
-            if name == "users" or (name == "users_state" and slug not in scenario.users):
+            if name in MADE_BY_SYNC and (name != "users_state" or slug not in scenario.users):
                 continue  # the sync creates them
             if dataset == ops and (name != "sync_history" or not scenario.history):
                 continue
             kind = table_specs().get(name, spec("track_event"))
             setup.ensure_table(dataset, name, kind, deadline)
             extra = _state(scenario.users[slug]) if name == "users_state" else columns
-            extra |= CONTEXT if name == "identifies" else {}
+            extra |= scenario.context if name in ("identifies", "tracks") else {}
             extra = {c: t for c, t in extra.items() if c not in kind.column_names}
             if extra:
                 setup.add_columns(dataset, name, extra, deadline)
@@ -302,12 +341,12 @@ def _around(sql: str, error: str) -> str:
     return line[max(0, column - 80) : column + 80]
 
 
-def merges(client: RecordingBigQuery, analyzer: sqlcheck.Analyzer) -> Counter[str]:
-    """Datasets whose users table got a MERGE, by the analyzer's reading of each statement."""
+def merges(client: RecordingBigQuery, analyzer: sqlcheck.Analyzer, kept: str = "users_state") -> Counter[str]:
+    """Datasets whose `kept` table got a MERGE, by the analyzer's reading of each statement."""
     found: Counter[str] = Counter()
     for statement in client.statements:
         analysis = statement.analyze(analyzer)
-        if analysis.kind == "merge_stmt" and analysis.target.endswith(".users_state"):
+        if analysis.kind == "merge_stmt" and analysis.target.endswith(f".{kept}"):
             found[analysis.target.rsplit(".", 2)[1]] += 1
     return found
 
@@ -318,8 +357,13 @@ def test_every_statement_passes_the_analyzer(scenario: Scenario, analyzer: sqlch
     assert list(problems(client, analyzer)) == []
     statuses = {s["space"]: s["status"] for s in summary["spaces"]}
     assert statuses == {slug: scenario.expect.get(slug, sync.SUCCESS) for slug in scenario.spaces}, summary
-    synced = {naming.space_dataset(slug) for slug, status in statuses.items() if status != sync.SKIPPED}
-    assert set(merges(client, analyzer)) == synced  # the capture saw the MERGEs, and only for synced spaces
+    for derived in DERIVED:  # the capture saw each table's MERGEs, and only for the spaces that keep it
+        kept = {
+            naming.space_dataset(s["space"])
+            for s in summary["spaces"]
+            if s["tables"][derived.name]["status"] != sync.SKIPPED
+        }
+        assert set(merges(client, analyzer, derived.table)) == kept, derived.name
     # Views as they are now, with every trait column, still analyze.
     final = client.catalog()
     for path, query in final.views.items():

@@ -105,11 +105,14 @@ def chunks(buckets: Iterable[int], total: int, budget: int | None = None) -> lis
 @dataclass(frozen=True)
 class Source:
     """Rows of one source table that a derived table reads (`where`, SQL), and the key (a SQL expression
-    over that table's columns) each of them changes."""
+    over that table's columns) each of them changes. `counts` are the module's own counts of what the
+    window holds (name, SQL expression over a row: an INT64 summed over the window's rows): the window
+    query adds them up at no extra scan, and the run's history row reports them (`Plan.report`)."""
 
     table: str
     key: str
     where: str = "TRUE"
+    counts: tuple[tuple[str, str], ...] = ()
 
 
 # The statements that do one piece of work for one chunk of keys (more than one only when the table is
@@ -215,15 +218,16 @@ def run_table(derived: Derived, context: Context, until: datetime, result: Table
     runner = _Runner(context, result)
     if since is None:  # first run, --full, or a new layout: every key, from the whole history
         result.mode = FULL
-        result.source_rows_read, _ = runner.window(plan.sources, window, total, keys=False)
+        result.source_rows_read, _, counted = runner.window(plan.sources, window, total, keys=False)
         runner.each(chunks(range(total), total), plan.rebuild, window)  # every partition: drops stale keys
     else:
-        result.source_rows_read, touched = runner.window(plan.sources, window, total)
+        result.source_rows_read, touched, counted = runner.window(plan.sources, window, total)
         runner.each(chunks(touched, total), plan.fold, window)
         history = Window(None, until)
         for backfill in plan.backfills:
-            _, touched = runner.window(backfill.sources, history, total)
+            _, touched, _ = runner.window(backfill.sources, history, total)
             runner.each(chunks(touched, total), backfill.statements, history)
+    plan.report.update({name: n for name, n in counted.items() if n})
     plan.finish()
     result.watermark_from = values.format_timestamp(since) if since else None
     result.watermark_to = values.format_timestamp(until)
@@ -241,18 +245,24 @@ class _Runner:
 
     def window(
         self, sources: Sequence[Source], window: Window, total: int, *, keys: bool = True
-    ) -> tuple[int, list[int]]:
-        """How many source rows the window holds, and the partitions of their keys."""
+    ) -> tuple[int, list[int], dict[str, int]]:
+        """How many source rows the window holds, the partitions of their keys, and the sources' counts."""
         ctx = self.context
-        parts = [
-            f"SELECT {s.key} AS _key FROM {sql.table(ctx.warehouse.project, ctx.dataset, s.table)} "
-            f"WHERE ({s.where}) AND {window.rows()}"
-            for s in sources
-        ]
+        names = sorted({name for s in sources for name, _ in s.counts})
+        parts = []
+        for s in sources:
+            mine = dict(s.counts)
+            counted = "".join(f", {mine.get(name, '0')} AS _count_{i}" for i, name in enumerate(names))
+            parts.append(
+                f"SELECT {s.key} AS _key{counted} FROM {sql.table(ctx.warehouse.project, ctx.dataset, s.table)} "
+                f"WHERE ({s.where}) AND {window.rows()}"
+            )
         touched = f", ARRAY_AGG(DISTINCT {sql.bucket('_key', total)}) AS touched" if keys else ""
-        text = f"SELECT COUNT(*) AS rows_read{touched} FROM ({' UNION ALL '.join(parts)})"
+        sums = "".join(f", SUM(_count_{i}) AS _count_{i}" for i in range(len(names)))
+        text = f"SELECT COUNT(*) AS rows_read{touched}{sums} FROM ({' UNION ALL '.join(parts)})"
         [row] = ctx.warehouse.query(text, list(window.params), ctx.deadline)
-        return int(row["rows_read"] or 0), [int(b) for b in (row.get("touched") or [])]
+        counts = {name: int(row.get(f"_count_{i}") or 0) for i, name in enumerate(names)}
+        return int(row["rows_read"] or 0), [int(b) for b in (row.get("touched") or [])], counts
 
     def each(self, chunked: Sequence[Keys], build: Statements, window: Window) -> None:
         """The statements of every chunk, one at a time. Updates are counted from the first statement of a
