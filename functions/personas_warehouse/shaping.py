@@ -24,7 +24,9 @@ from schemas.tables import spec
 
 IDENTIFIES, TRACKS, TRACK_EVENT, DISCARDS = "identifies", "tracks", "track_event", "discards"
 # Fixed tables of a space dataset: an event whose name lands on one of them gets a `_` prefix.
-FIXED_TABLES = frozenset({IDENTIFIES, TRACKS, DISCARDS, "users", "users_state"})
+FIXED_TABLES = frozenset({IDENTIFIES, TRACKS, DISCARDS, "users", "users_state"}) | frozenset(
+    {"audience_memberships", "audience_events", "audience_daily"}
+)
 CONTEXT_PREFIX = "context_"
 MAX_DEPTH = 8  # deeper objects are stored as JSON text at this depth
 

@@ -8,6 +8,7 @@ hold every derived table to them then cover it.
 from __future__ import annotations
 
 from personas_warehouse.derived.frame import Derived
+from personas_warehouse.derived.memberships import MEMBERSHIPS
 from personas_warehouse.derived.users import USERS
 
-DERIVED: tuple[Derived, ...] = (USERS,)
+DERIVED: tuple[Derived, ...] = (USERS, MEMBERSHIPS)
