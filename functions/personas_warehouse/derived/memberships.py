@@ -117,7 +117,7 @@ class Memberships:
             return f"{NAME} is disabled by selective sync"
         identifies = warehouse.existing_schema(dataset, IDENTIFIES, deadline) or {}
         has_identifies = CLASS_COLUMN in identifies and KEY_COLUMN in identifies
-        tracks = []
+        tracks, keyless = [], []  # event tables with a column naming the audience, and without one
         entered, exited = (naming.event_table_name(e, taken=FIXED_TABLES) for e in audience_event_names(config))
         if entered == exited:
             return f"the entered and exited events share the table {entered}"
@@ -126,8 +126,10 @@ class Memberships:
             key = _track_key(schema) if schema is not None else None
             if key is not None:
                 tracks.append((event_table, enters, key))
+            elif schema is not None:
+                keyless.append(event_table)
         if not has_identifies and not tracks:
-            return "no audience calls in this space yet"
+            return "no audience calls that name an audience in this space yet"
         for kept in (EVENTS, TABLE):
             schema = warehouse.ensure_table(dataset, kept, spec(kept), deadline)
             lacking = {c.name: c.type for c in spec(kept).columns if c.name not in schema}
@@ -139,7 +141,7 @@ class Memberships:
             if context.previous
             else None
         )
-        found, report = _discover(warehouse, context, identifies if has_identifies else None, tracks, since)
+        found, report = _discover(warehouse, context, identifies if has_identifies else None, tracks, keyless, since)
         inputs = Inputs(
             warehouse.project,
             dataset,
@@ -214,6 +216,7 @@ def _discover(
     context: Context,
     identifies: dict[str, str] | None,
     tracks: Sequence[tuple[str, bool, str]],
+    keyless: Sequence[str],
     since: datetime | None,
 ) -> tuple[list[Audience], dict[str, int]]:
     """The audience keys of the identify calls loaded since `since` (or ever), and the audience calls that
@@ -228,22 +231,22 @@ def _discover(
             f"FROM {sql.table(project, dataset, IDENTIFIES)} WHERE {_classes(identifies[CLASS_COLUMN])} AND {bound} "
             f"GROUP BY audience_key"
         )
-    for event_table, _, key in tracks:
+    for event_table, key in [(t, k) for t, _, k in tracks] + [(t, "CAST(NULL AS STRING)") for t in keyless]:
         parts.append(
             f"SELECT CAST(NULL AS STRING) AS audience_key, CAST(NULL AS INT64) AS fingerprint, COUNT(*) AS calls "
             f"FROM {sql.table(project, dataset, event_table)} WHERE {key} IS NULL AND {bound}"
         )
     rows = warehouse.query(" UNION ALL ".join(parts), params, context.deadline)
     taken = spec(IDENTIFIES).column_names
-    found, keyless = [], 0
+    found, unnamed = [], 0
     for row in rows:
         if row["audience_key"] is None:
-            keyless += int(row["calls"] or 0)
+            unnamed += int(row["calls"] or 0)
             continue
         column = naming.column_name((row["audience_key"],), taken=taken, taken_prefixes=(CONTEXT_PREFIX,))
         kind = (identifies or {}).get(column)
         found.append(Audience(row["audience_key"], int(row["fingerprint"]), column, kind))
-    return sorted(found, key=lambda a: a.key), {NO_KEY: keyless}
+    return sorted(found, key=lambda a: a.key), {NO_KEY: unnamed}
 
 
 def _count_unread(warehouse: Warehouse, context: Context, inputs: Inputs, since: datetime | None) -> dict[str, int]:
@@ -360,7 +363,7 @@ def _window_events(inputs: Inputs, group: Sequence[Audience], index: int, keys: 
     if not parts:  # nothing to read: an empty source of the same shape
         events = sql.table(inputs.project, inputs.dataset, EVENTS)
         parts.append(f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {events} WHERE FALSE")
-    union = " UNION ALL ".join(f"({p})" for p in parts)
+    union = " UNION ALL ".join(parts)
     return (
         f"SELECT {', '.join(_EVENT_COLUMNS)} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY id, audience_key, "
         f"user_id, anonymous_id ORDER BY _key, entered) AS _copy FROM ({union})) WHERE _copy = 1"
