@@ -222,7 +222,7 @@ def run(
     for start in range(0, len(built), size):
         for n, call in enumerate(built[start : start + size]):
             data = base64.b64encode(json.dumps(call).encode()).decode()
-            received = BASE + timedelta(hours=1, seconds=len(sent))
+            received = datetime.now(UTC)  # Pub/Sub's publish time: the sync bounds received_at by loaded_at
             ingest(PubSubMessage(f"{space}-{start}-{n}", data, received, {"space": space}), warehouse, config)
             sent.append(call)
         [result] = run_sync(warehouse, config, spaces=[space])["spaces"]
@@ -354,7 +354,7 @@ def test_calls_that_land_between_statements_are_folded_once(
 
     def land(calls: list[dict[str, Any]], loaded_at: datetime) -> None:
         data = base64.b64encode(json.dumps({"batch": calls}).encode()).decode()
-        message = PubSubMessage(f"{space}-{next(counter)}", data, BASE + timedelta(hours=1), {"space": space})
+        message = PubSubMessage(f"{space}-{next(counter)}", data, loaded_at, {"space": space})
         ingest(message, plain, config, now=lambda: loaded_at)
 
     start = datetime.now(UTC) - timedelta(minutes=5)

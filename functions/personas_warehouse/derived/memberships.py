@@ -74,6 +74,14 @@ NEW_PROFILE = "COALESCE(_new.user_id, _new.anonymous_id)"  # the same, of a row 
 NOT_READ = "values_not_read"  # an audience value that is neither a boolean nor "true"
 NO_VALUE = "values_missing"  # an identify call of an audience class without the audience's value
 NO_KEY = "calls_without_audience_key"  # an audience call that names no audience
+# The event tables and discards are partitioned by day on received_at (the Pub/Sub publish time), not on
+# loaded_at: a bound on loaded_at alone prunes none of their partitions. Pub/Sub keeps a message at most
+# 31 days after it is published ("Maximum value = 31 days",
+# https://cloud.google.com/pubsub/docs/subscription-properties#message_retention_duration, and the same for a
+# topic's retention), so a row loaded at or after @since was received at most that long before: statements
+# that read rows loaded since @since also bound received_at, with a day to spare, and read about a month of
+# those tables instead of their whole history.
+RECEIVED_BEFORE_LOADED_DAYS = 32
 
 
 def audience_event_names(config: SpaceConfig) -> tuple[str, str]:
@@ -154,7 +162,8 @@ class Memberships:
         )
         if inputs.audiences:
             report.update(_count_unread(warehouse, context, inputs, since))
-        sources = [Source(t, PROFILE, f"{PROFILE} IS NOT NULL") for t, _, _ in tracks]
+        recent = _received(since is not None)
+        sources = [Source(t, PROFILE, f"{recent} AND {PROFILE} IS NOT NULL") for t, _, _ in tracks]
         if has_identifies:
             where = f"{_classes(inputs.class_kind)} AND {KEY_COLUMN} IS NOT NULL AND {PROFILE} IS NOT NULL"
             sources.insert(0, Source(IDENTIFIES, PROFILE, where))
@@ -211,6 +220,12 @@ def _since(since: datetime | None) -> tuple[str, list[bigquery.ScalarQueryParame
     return f"loaded_at >= @{SINCE}", [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)]
 
 
+def _received(bounded: bool) -> str:
+    """Rows of a table partitioned on received_at that a statement reading rows loaded since @since can
+    need (see RECEIVED_BEFORE_LOADED_DAYS); `bounded` False (a full run, no @since): every row."""
+    return f"received_at >= TIMESTAMP_SUB(@{SINCE}, INTERVAL {RECEIVED_BEFORE_LOADED_DAYS} DAY)" if bounded else "TRUE"
+
+
 def _discover(
     warehouse: Warehouse,
     context: Context,
@@ -234,7 +249,8 @@ def _discover(
     for event_table, key in [(t, k) for t, _, k in tracks] + [(t, "CAST(NULL AS STRING)") for t in keyless]:
         parts.append(
             f"SELECT CAST(NULL AS STRING) AS audience_key, CAST(NULL AS INT64) AS fingerprint, COUNT(*) AS calls "
-            f"FROM {sql.table(project, dataset, event_table)} WHERE {key} IS NULL AND {bound}"
+            f"FROM {sql.table(project, dataset, event_table)} WHERE {key} IS NULL AND {bound} "
+            f"AND {_received(since is not None)}"
         )
     rows = warehouse.query(" UNION ALL ".join(parts), params, context.deadline)
     taken = spec(IDENTIFIES).column_names
@@ -253,7 +269,7 @@ def _count_unread(warehouse: Warehouse, context: Context, inputs: Inputs, since:
     """Identify calls of the window whose audience value is not read: present but neither a boolean nor
     "true", or absent. As many queries as the query length needs (one, short of thousands of audiences)."""
     bound, params = _since(since)
-    texts = sql.split(lambda group, _: _count_sql(inputs, group, bound), inputs.audiences)
+    texts = sql.split(lambda group, _: _count_sql(inputs, group, bound, since is not None), inputs.audiences)
     counts = {NOT_READ: 0, NO_VALUE: 0}
     for text in texts:
         [row] = warehouse.query(text, params, context.deadline)
@@ -262,8 +278,8 @@ def _count_unread(warehouse: Warehouse, context: Context, inputs: Inputs, since:
     return counts
 
 
-def _count_sql(inputs: Inputs, group: Sequence[Audience], bound: str) -> str:
-    rows = _identify_rows(inputs, group, "TRUE", bound)
+def _count_sql(inputs: Inputs, group: Sequence[Audience], bound: str, bounded: bool) -> str:
+    rows = _identify_rows(inputs, group, "TRUE", bound, bounded)
     return f"SELECT COUNTIF(_present AND entered IS NULL) AS not_read, COUNTIF(NOT _present) AS missing FROM ({rows})"
 
 
@@ -300,10 +316,10 @@ def _case(of: str, arms: Sequence[tuple[int, str]], otherwise: str) -> str:
     return f"CASE {of}{''.join(f' WHEN {v} THEN {r}' for v, r in arms)} ELSE {otherwise} END"
 
 
-def _identify_rows(inputs: Inputs, group: Sequence[Audience], where: str, loaded: str) -> str:
-    """Identify rows of the audiences in `group` loaded as `loaded` says (a condition on loaded_at) and
-    matching `where`, each with its membership (`entered`, null when not read) and whether it carried a
-    value at all (`_present`)."""
+def _identify_rows(inputs: Inputs, group: Sequence[Audience], where: str, loaded: str, bounded: bool) -> str:
+    """Identify rows of the audiences in `group` loaded as `loaded` says (a condition on loaded_at, with
+    @since when `bounded`) and matching `where`, each with its membership (`entered`, null when not read)
+    and whether it carried a value at all (`_present`)."""
     project, dataset = inputs.project, inputs.dataset
     fingerprint = _fingerprint(inputs)
     column = _case(fingerprint, [(a.fingerprint, _name(a.column)) for a in group], "CAST(NULL AS STRING)")
@@ -328,7 +344,8 @@ def _identify_rows(inputs: Inputs, group: Sequence[Audience], where: str, loaded
     # (ingest stamps a call's rows and its discards with one loaded_at).
     discarded = (
         f"SELECT row_id, column_name, loaded_at, MIN(column_value) AS column_value "
-        f"FROM {sql.table(project, dataset, DISCARDS)} WHERE {loaded} AND table_name = '{IDENTIFIES}' "
+        f"FROM {sql.table(project, dataset, DISCARDS)} WHERE {loaded} AND {_received(bounded)} "
+        f"AND table_name = '{IDENTIFIES}' "
         f"AND column_name IN ({names}) GROUP BY row_id, column_name, loaded_at"
     )
     return (
@@ -353,10 +370,11 @@ def _window_events(inputs: Inputs, group: Sequence[Audience], index: int, keys: 
     """The distinct events of the window for the profiles in `keys`: identify calls of the audiences in
     `group`, and (in the first statement) the track calls. One row per message id, audience and profile:
     of copies that differ, the first by (order key, exit before entry)."""
-    where = f"{window.rows()} AND {keys.rows(PROFILE)}"
+    bounded = window.since is not None
+    where = f"{window.rows()} AND {_received(bounded)} AND {keys.rows(PROFILE)}"
     parts = []
     if inputs.identifies and group:
-        identify = _identify_rows(inputs, group, keys.rows(PROFILE), window.rows())
+        identify = _identify_rows(inputs, group, keys.rows(PROFILE), window.rows(), bounded)
         parts.append(f"SELECT {', '.join(_EVENT_COLUMNS)} FROM ({identify}) WHERE entered IS NOT NULL")
     if index == 0:
         parts.extend(_track_rows(inputs, t, enters, key, where) for t, enters, key in inputs.tracks)
