@@ -45,13 +45,10 @@ many audiences, split by query length), then recompute the chunk's stays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-from google.cloud import bigquery
+from dataclasses import dataclass, replace
+from typing import Any
 
 from personas_warehouse import naming, sql, values
-from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.derived.frame import SINCE, Context, Keys, Plan, Source, Window
 from personas_warehouse.settings import SpaceConfig
 from personas_warehouse.shaping import CONTEXT_PREFIX, DISCARDS, FIXED_TABLES, IDENTIFIES
@@ -144,25 +141,18 @@ class Memberships:
             if lacking:  # an older layout's table
                 warehouse.add_columns(dataset, kept, lacking, deadline)
         discards = warehouse.existing_schema(dataset, DISCARDS, deadline) is not None
-        since = (
-            context.previous.watermark - timedelta(seconds=context.settings.sync_overlap_seconds)
-            if context.previous
-            else None
-        )
-        found, report = _discover(warehouse, context, identifies if has_identifies else None, tracks, keyless, since)
         inputs = Inputs(
             warehouse.project,
             dataset,
             has_identifies,
             identifies.get(CLASS_COLUMN, values.STRING),
             identifies.get(KEY_COLUMN, values.STRING),
-            tuple(found),
+            (),
             discards,
             tuple(tracks),
         )
-        if inputs.audiences:
-            report.update(_count_unread(warehouse, context, inputs, since))
-        recent = _received(since is not None)
+        # The frame's window has a lower bound (@since) exactly when there was a previous run.
+        recent = _received(context.previous is not None)
         sources = [Source(t, PROFILE, f"{recent} AND {PROFILE} IS NOT NULL") for t, _, _ in tracks]
         if has_identifies:
             where = f"{_classes(inputs.class_kind)} AND {KEY_COLUMN} IS NOT NULL AND {PROFILE} IS NOT NULL"
@@ -174,13 +164,36 @@ class Memberships:
             if view is None or view.view_query != daily:
                 warehouse.put_view(dataset, DAILY, daily, deadline)
 
-        return Plan(
-            sources=sources,
-            fold=lambda keys, window: [*events_sql(inputs, keys, window, replace=False), stays_sql(inputs, keys)],
-            rebuild=lambda keys, window: [*events_sql(inputs, keys, window, replace=True), stays_sql(inputs, keys)],
-            finish=finish,
-            report={k: v for k, v in report.items() if v},
-        )
+        run = _Run(context, inputs, dict(identifies), tuple(keyless))
+        return Plan(sources=sources, fold=run.fold, rebuild=run.rebuild, finish=finish, report=run.report)
+
+
+class _Run:
+    """One run's statements. The audiences the window's identify calls name are asked when the first chunk's
+    statements are built, over the window itself (so a run with nothing new asks nothing), and the calls
+    not read are counted then, into the report the frame writes to the history row."""
+
+    def __init__(self, context: Context, base: Inputs, identifies: dict[str, str], keyless: tuple[str, ...]) -> None:
+        self.context, self.base, self.identifies, self.keyless = context, base, identifies, keyless
+        self.report: dict[str, Any] = {}
+        self.inputs: Inputs | None = None
+
+    def of(self, window: Window) -> Inputs:
+        if self.inputs is None:
+            found, counts = _discover(self.context, self.base, self.identifies, self.keyless, window)
+            self.inputs = replace(self.base, audiences=tuple(found))
+            if self.inputs.audiences:
+                counts |= _count_unread(self.context, self.inputs, window)
+            self.report.update({k: v for k, v in counts.items() if v})
+        return self.inputs
+
+    def fold(self, keys: Keys, window: Window) -> list[str]:
+        inputs = self.of(window)
+        return [*events_sql(inputs, keys, window, replace=False), stays_sql(inputs, keys)]
+
+    def rebuild(self, keys: Keys, window: Window) -> list[str]:
+        inputs = self.of(window)
+        return [*events_sql(inputs, keys, window, replace=True), stays_sql(inputs, keys)]
 
 
 MEMBERSHIPS = Memberships()
@@ -214,12 +227,6 @@ def _track_key(schema: dict[str, str]) -> str | None:
     return parts[0] if len(parts) == 1 else f"COALESCE({', '.join(parts)})"
 
 
-def _since(since: datetime | None) -> tuple[str, list[bigquery.ScalarQueryParameter]]:
-    if since is None:
-        return "TRUE", []
-    return f"loaded_at >= @{SINCE}", [bigquery.ScalarQueryParameter(SINCE, "TIMESTAMP", since)]
-
-
 def _received(bounded: bool) -> str:
     """Rows of a table partitioned on received_at that a statement reading rows loaded since @since can
     need (see RECEIVED_BEFORE_LOADED_DAYS); `bounded` False (a full run, no @since): every row."""
@@ -227,32 +234,28 @@ def _received(bounded: bool) -> str:
 
 
 def _discover(
-    warehouse: Warehouse,
-    context: Context,
-    identifies: dict[str, str] | None,
-    tracks: Sequence[tuple[str, bool, str]],
-    keyless: Sequence[str],
-    since: datetime | None,
+    context: Context, inputs: Inputs, identifies: dict[str, str], keyless: Sequence[str], window: Window
 ) -> tuple[list[Audience], dict[str, int]]:
-    """The audience keys of the identify calls loaded since `since` (or ever), and the audience calls that
-    name no audience. One query, reading the window's computation columns (and the event tables' keys)."""
-    bound, params = _since(since)
-    project, dataset = warehouse.project, context.dataset
+    """The audience keys of the window's identify calls (each with the identifies column its value lands
+    in, named as ingest names the trait), and the window's audience calls that name no audience. One query,
+    reading the computation columns of identifies and the audience columns of the event tables."""
+    project, dataset, bounded = inputs.project, inputs.dataset, window.since is not None
     parts = []
-    if identifies is not None:
-        key = _string(KEY_COLUMN, identifies[KEY_COLUMN])
+    if inputs.identifies:
+        key = _string(KEY_COLUMN, inputs.key_kind)
         parts.append(
             f"SELECT {key} AS audience_key, FARM_FINGERPRINT({key}) AS fingerprint, COUNT(*) AS calls "
-            f"FROM {sql.table(project, dataset, IDENTIFIES)} WHERE {_classes(identifies[CLASS_COLUMN])} AND {bound} "
-            f"GROUP BY audience_key"
+            f"FROM {sql.table(project, dataset, IDENTIFIES)} WHERE {_classes(inputs.class_kind)} "
+            f"AND {window.rows()} GROUP BY audience_key"
         )
-    for event_table, key in [(t, k) for t, _, k in tracks] + [(t, "CAST(NULL AS STRING)") for t in keyless]:
+    unnamed_calls = [(t, k) for t, _, k in inputs.tracks] + [(t, "CAST(NULL AS STRING)") for t in keyless]
+    for event_table, key in unnamed_calls:
         parts.append(
             f"SELECT CAST(NULL AS STRING) AS audience_key, CAST(NULL AS INT64) AS fingerprint, COUNT(*) AS calls "
-            f"FROM {sql.table(project, dataset, event_table)} WHERE {key} IS NULL AND {bound} "
-            f"AND {_received(since is not None)}"
+            f"FROM {sql.table(project, dataset, event_table)} WHERE {key} IS NULL AND {window.rows()} "
+            f"AND {_received(bounded)}"
         )
-    rows = warehouse.query(" UNION ALL ".join(parts), params, context.deadline)
+    rows = context.warehouse.query(" UNION ALL ".join(parts), window.params, context.deadline)
     taken = spec(IDENTIFIES).column_names
     found, unnamed = [], 0
     for row in rows:
@@ -260,26 +263,25 @@ def _discover(
             unnamed += int(row["calls"] or 0)
             continue
         column = naming.column_name((row["audience_key"],), taken=taken, taken_prefixes=(CONTEXT_PREFIX,))
-        kind = (identifies or {}).get(column)
-        found.append(Audience(row["audience_key"], int(row["fingerprint"]), column, kind))
+        found.append(Audience(row["audience_key"], int(row["fingerprint"]), column, identifies.get(column)))
     return sorted(found, key=lambda a: a.key), {NO_KEY: unnamed}
 
 
-def _count_unread(warehouse: Warehouse, context: Context, inputs: Inputs, since: datetime | None) -> dict[str, int]:
+def _count_unread(context: Context, inputs: Inputs, window: Window) -> dict[str, int]:
     """Identify calls of the window whose audience value is not read: present but neither a boolean nor
     "true", or absent. As many queries as the query length needs (one, short of thousands of audiences)."""
-    bound, params = _since(since)
-    texts = sql.split(lambda group, _: _count_sql(inputs, group, bound, since is not None), inputs.audiences)
+    bounded = window.since is not None
+    texts = sql.split(lambda group, _: _count_sql(inputs, group, window.rows(), bounded), inputs.audiences)
     counts = {NOT_READ: 0, NO_VALUE: 0}
     for text in texts:
-        [row] = warehouse.query(text, params, context.deadline)
+        [row] = context.warehouse.query(text, window.params, context.deadline)
         counts[NOT_READ] += int(row["not_read"] or 0)
         counts[NO_VALUE] += int(row["missing"] or 0)
     return counts
 
 
-def _count_sql(inputs: Inputs, group: Sequence[Audience], bound: str, bounded: bool) -> str:
-    rows = _identify_rows(inputs, group, "TRUE", bound, bounded)
+def _count_sql(inputs: Inputs, group: Sequence[Audience], loaded: str, bounded: bool) -> str:
+    rows = _identify_rows(inputs, group, "TRUE", loaded, bounded)
     return f"SELECT COUNTIF(_present AND entered IS NULL) AS not_read, COUNTIF(NOT _present) AS missing FROM ({rows})"
 
 
