@@ -133,8 +133,8 @@ class Memberships:
                 tracks.append((event_table, enters, key))
             elif schema is not None:
                 keyless.append(event_table)
-        if not has_identifies and not tracks:
-            return "no audience calls that name an audience in this space yet"
+        if not has_identifies and not tracks and not keyless:
+            return "no audience calls in this space yet"
         for kept in (EVENTS, TABLE):
             schema = warehouse.ensure_table(dataset, kept, spec(kept), deadline)
             lacking = {c.name: c.type for c in spec(kept).columns if c.name not in schema}
@@ -153,9 +153,11 @@ class Memberships:
         )
         # The frame's window has a lower bound (@since) exactly when there was a previous run.
         recent = _received(context.previous is not None)
-        sources = [Source(t, PROFILE, f"{recent} AND {PROFILE} IS NOT NULL") for t, _, _ in tracks]
+        # Event tables with no audience column are read too: their calls are counted as naming none.
+        events = [t for t, _, _ in tracks] + keyless
+        sources = [Source(t, PROFILE, f"{recent} AND {PROFILE} IS NOT NULL") for t in events]
         if has_identifies:
-            where = f"{_classes(inputs.class_kind)} AND {KEY_COLUMN} IS NOT NULL AND {PROFILE} IS NOT NULL"
+            where = f"{_classes(inputs.class_kind)} AND {PROFILE} IS NOT NULL"
             sources.insert(0, Source(IDENTIFIES, PROFILE, where))
         view = warehouse.describe(dataset, DAILY, deadline)
         daily = daily_view_query(inputs.project, dataset)
