@@ -5,14 +5,15 @@ tests/integration/test_memberships_property.py restates it):
 
 - Events. An audience event is a call that enters or exits a profile from an audience:
   - an identify call whose `context.personas.computation_class` is `audience` or `journey_step` (the
-    classes Segment's own destinations read as audience membership, segmentio/action-destinations
-    packages/core/src/audience-membership.ts `engageAudienceMembership`); its audience is
+    classes Segment's own destinations read as audience membership: `engageAudienceMembership` in
+    https://github.com/segmentio/action-destinations/blob/main/packages/core/src/audience-membership.ts);
+    its audience is
     `context.personas.computation_key`, and the trait of that name says in (true) or out (false);
   - a track call of the space's "Audience Entered" or "Audience Exited" event (in or out, whatever its
     boolean property says, as destinations subscribed to those event names read them); its audience is
     its `audience_key` property (or trait), else `context.personas.computation_key`.
 - Values. A boolean is read as sent. The string "true" is an entry: Journeys sends it when a user
-  enters a step (segment-docs src/engage/journeys/v1/send-data.md) and Segment reads a journey step's
+  enters a step (https://segment.com/docs/engage/journeys/v1/send-data/) and Segment reads a journey step's
   non-boolean value as an add (`legacyJourneysAudienceMembership`). Any other value (1, "yes", a
   number, a timestamp) is not read (`engageAudienceMembership` answers undefined for it): it is
   skipped and counted in the run's history row. The value is read as stored: from its identifies
@@ -82,7 +83,8 @@ RECEIVED_BEFORE_LOADED_DAYS = 32
 
 
 def audience_event_names(config: SpaceConfig) -> tuple[str, str]:
-    """The track events that enter and exit a profile from an audience in this space."""
+    """The track events that enter and exit a profile from an audience in this space: Segment's defaults
+    until SpaceConfig carries the space's own names (this is the one place that reads them)."""
     return DEFAULT_EVENT_NAMES
 
 
@@ -101,7 +103,8 @@ class Audience:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the space holds for this table at plan time: where its events come from."""
+    """Where a space's audience events come from: the tables and column types found at plan time, and the
+    audiences the window's identify calls name (found when the first statements are built)."""
 
     project: str
     dataset: str
