@@ -111,6 +111,14 @@ def populate(world: World, user: str, prefix: str, space: str | None = None) -> 
     dataset = f"personas_{space or 'default'}"
     world.warehouse.ensure_table(dataset, "users_state", spec("users_state"), Deadline(60))
     world.fake.rows[f"{PROJECT}.{dataset}.users_state"].append({"id": user, "_bucket": 1})  # MERGE-written
+    # audience_memberships and its audience_events (MERGE-written): a profile is its user_id, else (an
+    # anonymous-only profile) its anonymous_id.
+    for kept, first in (("audience_events", {"id": f"{prefix}-3"}), ("audience_memberships", {})):
+        world.warehouse.ensure_table(dataset, kept, spec(kept), Deadline(60))
+        world.fake.rows[f"{PROJECT}.{dataset}.{kept}"] += [
+            {**first, "user_id": user, "anonymous_id": None, "audience_key": "vip", "_bucket": 2},
+            {**first, "user_id": None, "anonymous_id": f"anon-{user}", "audience_key": "vip", "_bucket": 3},
+        ]
 
 
 def holding(world: World, *values: str) -> dict[str, int]:
@@ -170,6 +178,8 @@ def test_forget_deletes_every_row_of_the_user_and_nothing_of_another(world: Worl
         "audience_entered",
         "viewed",
         "users_state",
+        "audience_memberships",
+        "audience_events",
         "personas__ops.rejected_messages",
         "personas_mkt.identifies",
     }
@@ -182,6 +192,7 @@ def test_forget_deletes_every_row_of_the_user_and_nothing_of_another(world: Worl
     found = {(t.dataset, t.table): t.found for t in report.tables if t.found}
     assert found[("personas_default", "discards")] == 1 and found[("personas__ops", "replays")] == 2
     assert found[("personas_mkt", "identifies")] == 2 and found[("personas_default", "users_state")] == 1
+    assert found[("personas_default", "audience_memberships")] == found[("personas_default", "audience_events")] == 2
     assert [r["row_id"] for r in world.rows("discards")] == ["b-2"]
     # The replay rows of alice went with her rejections; bob's stayed.
     assert [r["new_message_id"] for r in world.rows("replays", "personas__ops")] == ["new-b"]
@@ -216,7 +227,8 @@ def test_rows_in_the_streaming_buffer_are_left_pending_with_why_then_finished_by
     assert left["identifies"].why.startswith("kept until discards is empty")
     assert left["rejected_messages"].why.startswith("kept until replays is empty")
     deleted = {t.table: t.deleted for t in report.tables if t.deleted}
-    assert deleted == {"users_state": 1}  # written by MERGE: never in the buffer
+    # Written by MERGE: never in the buffer.
+    assert deleted == {"users_state": 1, "audience_memberships": 1, "audience_events": 1}
     assert command.main is not None and report.left > 0
 
     world.advance(20 * 60)

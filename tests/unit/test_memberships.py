@@ -13,7 +13,7 @@ import pytest
 from personas_warehouse import naming, sql, sync
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.derived import memberships
-from personas_warehouse.settings import Settings, SpaceConfig
+from personas_warehouse.settings import PersonasEvents, Settings, SpaceConfig
 from schemas.tables import spec
 from tests.sync_fakes import ModelBigQuery
 
@@ -63,8 +63,12 @@ def test_column_names_written_as_literals_are_identifiers_first() -> None:
         memberships._name("x' OR TRUE --")
 
 
-def test_the_event_names_are_segments_defaults_until_the_space_config_has_them() -> None:
-    assert memberships.audience_event_names(SpaceConfig()) == ("Audience Entered", "Audience Exited")
+RENAMED = SpaceConfig(personas_events=PersonasEvents("Joined Segment", "Left Segment", "Trait Computed"))
+
+
+def test_the_event_tables_are_those_of_the_event_names_the_space_config_sets() -> None:
+    assert memberships.audience_event_tables(SpaceConfig()) == ("audience_entered", "audience_exited")
+    assert memberships.audience_event_tables(RENAMED) == ("joined_segment", "left_segment")
 
 
 def warehouse(**tables: dict[str, str]) -> tuple[ModelBigQuery, Warehouse]:
@@ -104,3 +108,29 @@ def test_a_run_with_nothing_new_sends_no_query_of_its_own() -> None:
     again = synced(made, at=NOW + timedelta(minutes=1))
     assert again["status"] == "success" and again["mode"] == "incremental" and again["statements"] == 0
     assert [q for q in client.queries if "fingerprint" in q or "MERGE" in q] == []
+
+
+def test_a_space_that_renamed_its_audience_events_is_read_from_their_tables_and_only_them() -> None:
+    """Engage's "Enter Event" / "Exit Event" are configurable: the config's names say which tables hold the
+    space's audience track calls, so the default names' tables are no source there (and vice versa)."""
+    client, made = warehouse(joined_segment={"audience_key": "STRING"}, audience_entered={"audience_key": "STRING"})
+    table = synced(made, Settings(spaces={SPACE: RENAMED}))
+    assert table["status"] == "success", table
+    folds = [q for q in client.queries if q.startswith(f"MERGE `{client.project}.{DATASET}.audience_events`")]
+    assert folds and all(f"{DATASET}.joined_segment`" in q for q in folds), "every fold reads the renamed table"
+    assert not any(f"{DATASET}.audience_entered`" in q for q in client.queries)
+    _, renamed_only = warehouse(joined_segment={"audience_key": "STRING"})
+    table = synced(renamed_only)  # the default names: joined_segment is just another event
+    assert (table["status"], table["error"]) == ("skipped", "no audience calls in this space yet")
+
+
+def test_skipped_when_the_entered_and_exited_events_land_in_one_table() -> None:
+    """Two names the config keeps apart ("Audience Entered", "audience entered") can share a table: its rows
+    could not say in from out, so the table is skipped, said so in the history row."""
+    clash = SpaceConfig(personas_events=PersonasEvents("Audience Entered", "audience entered", "Trait Computed"))
+    _, made = warehouse(identifies=PERSONAS, audience_entered={"audience_key": "STRING"})
+    table = synced(made, Settings(spaces={SPACE: clash}))
+    assert (table["status"], table["error"]) == (
+        "skipped",
+        "the entered and exited events share the table audience_entered",
+    )

@@ -9,8 +9,9 @@ tests/integration/test_memberships_property.py restates it):
     https://github.com/segmentio/action-destinations/blob/main/packages/core/src/audience-membership.ts);
     its audience is
     `context.personas.computation_key`, and the trait of that name says in (true) or out (false);
-  - a track call of the space's "Audience Entered" or "Audience Exited" event (in or out, whatever its
-    boolean property says, as destinations subscribed to those event names read them); its audience is
+  - a track call of the space's "Audience Entered" or "Audience Exited" event (the names its config sets,
+    `SpaceConfig.personas_events`; in or out, whatever its boolean property says, as destinations
+    subscribed to those event names read them); its audience is
     its `audience_key` property (or trait), else `context.personas.computation_key`.
 - Values. A boolean is read as sent. The string "true" is an entry: Journeys sends it when a user
   enters a step (https://segment.com/docs/engage/journeys/v1/send-data/) and Segment reads a journey step's
@@ -59,8 +60,6 @@ NAME = TABLE = "audience_memberships"
 EVENTS = "audience_events"
 DAILY = "audience_daily"
 LAYOUT = 1
-# Segment's defaults ("These event names are configurable", segment-docs src/engage/warehouses.md).
-DEFAULT_EVENT_NAMES = ("Audience Entered", "Audience Exited")
 # The computation classes whose identify calls carry a membership (engageAudienceMembership's list).
 AUDIENCE_CLASSES = ("audience", "journey_step")
 CLASS_COLUMN = "context_personas_computation_class"
@@ -82,10 +81,15 @@ NO_KEY = "calls_without_audience_key"  # an audience call that names no audience
 RECEIVED_BEFORE_LOADED_DAYS = 32
 
 
-def audience_event_names(config: SpaceConfig) -> tuple[str, str]:
-    """The track events that enter and exit a profile from an audience in this space: Segment's defaults
-    until SpaceConfig carries the space's own names (this is the one place that reads them)."""
-    return DEFAULT_EVENT_NAMES
+def audience_event_tables(config: SpaceConfig) -> tuple[str, str]:
+    """The tables of the track events that enter and exit a profile from an audience in this space: the
+    event names its config sets (`personas_events`, Segment's defaults unless renamed), named as ingest
+    names an event's table."""
+    events = config.personas_events
+    entered, exited = (
+        naming.event_table_name(e, taken=FIXED_TABLES) for e in (events.audience_entered, events.audience_exited)
+    )
+    return entered, exited
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class Memberships:
         identifies = warehouse.existing_schema(dataset, IDENTIFIES, deadline) or {}
         has_identifies = CLASS_COLUMN in identifies and KEY_COLUMN in identifies
         tracks, keyless = [], []  # event tables with a column naming the audience, and without one
-        entered, exited = (naming.event_table_name(e, taken=FIXED_TABLES) for e in audience_event_names(config))
+        entered, exited = audience_event_tables(config)
         if entered == exited:
             return f"the entered and exited events share the table {entered}"
         for event_table, enters in ((entered, True), (exited, False)):
