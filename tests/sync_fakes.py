@@ -29,8 +29,11 @@ _TARGET = re.compile(r"(?:MERGE|UPDATE|DELETE(?: FROM)?|INSERT(?: INTO)?) `([^`]
 # A kept table's partitions, under whatever alias the statement gives it (frame.Keys.partitions).
 _BETWEEN = re.compile(r"\b\w+\.`_bucket` BETWEEN (\d+) AND (\d+)")
 _IN = re.compile(r"\b\w+\.`_bucket` IN \(([\d, ]+)\)")
-_SOURCE_BETWEEN = re.compile(r"ABS\(MOD\(FARM_FINGERPRINT\([^)]*\), \d+\)\) BETWEEN (\d+) AND (\d+)")
-_SOURCE_IN = re.compile(r"ABS\(MOD\(FARM_FINGERPRINT\([^)]*\), \d+\)\) IN \(([\d, ]+)\)")
+# A source row's partition: the fingerprint of its key, an expression with at most one level of parentheses
+# (`user_id`, `COALESCE(user_id, anonymous_id)`).
+_FINGERPRINT = r"ABS\(MOD\(FARM_FINGERPRINT\((?:[^()]|\([^()]*\))*\), \d+\)\)"
+_SOURCE_BETWEEN = re.compile(_FINGERPRINT + r" BETWEEN (\d+) AND (\d+)")
+_SOURCE_IN = re.compile(_FINGERPRINT + r" IN \(([\d, ]+)\)")
 _FROM = re.compile(r"FROM `[^`.]+(?:\.[^`.]+)?\.([^`.]+)\.([^`]+)` WHERE")
 
 

@@ -23,9 +23,12 @@ from personas_warehouse.settings import SpaceConfig
 from schemas.tables import spec, table_specs
 
 IDENTIFIES, TRACKS, TRACK_EVENT, DISCARDS = "identifies", "tracks", "track_event", "discards"
-# Fixed tables and views of a space dataset (every one tables.json declares there, derived tables included):
-# an event whose name lands on one of them gets a `_` prefix.
-FIXED_TABLES = frozenset(k for k, s in table_specs().items() if s.dataset == "space" and k != TRACK_EVENT)
+# Fixed tables and views of a space dataset (every one tables.json declares there, derived tables included,
+# and audience_daily, a view tables.json cannot declare: it has a DATE column): an event whose name lands
+# on one of them gets a `_` prefix.
+FIXED_TABLES = frozenset(k for k, s in table_specs().items() if s.dataset == "space" and k != TRACK_EVENT) | {
+    "audience_daily"
+}
 CONTEXT_PREFIX = "context_"
 MAX_DEPTH = 8  # deeper objects are stored as JSON text at this depth
 

@@ -48,7 +48,7 @@ from google.cloud import bigquery
 
 from personas_warehouse import naming, sync
 from personas_warehouse.bigquery import Warehouse
-from personas_warehouse.derived import DERIVED, users
+from personas_warehouse.derived import DERIVED, memberships, users
 from personas_warehouse.derived.frame import SYNC_HISTORY
 from personas_warehouse.settings import Settings
 from schemas.tables import spec
@@ -87,6 +87,15 @@ class Layout:
     external_ids_share: float = 0.5  # calls carrying context.externalIds
     external_ids_chars: int = 120  # their JSON text
     email_chars: int = 20
+    # audience_memberships: identify calls of an audience class are `audience_share` of identifies (one
+    # audience each); the Audience Entered / Exited tables hold `audience_track_rows` each, `new_track_rows` of them
+    # in a fold's window; `discards` holds `audience_discards` rows of audience columns (values ingest could
+    # not store); every call is a distinct event (an upper bound), and a stay holds two events.
+    audiences: int = 5
+    audience_share: float = 0.5
+    audience_track_rows: int = 250_000
+    new_track_rows: int = 250
+    audience_discards: int = 1_000
 
 
 def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
@@ -103,6 +112,8 @@ def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
     state = {"id": 2 + layout.user_id_chars, "received_at": 8, users.ROW_ASOF: key, "_bucket": 8}
     for i in range(layout.traits):  # every user has every trait: an upper bound
         state |= {trait(i): 8, naming.asof_column(trait(i)): key}
+    for i in range(layout.audiences):  # and every audience (users keeps their newest values too)
+        state |= {audience(i): 1, naming.asof_column(audience(i)): key}
     history = {c.name: 20.0 for c in spec(SYNC_HISTORY).columns}
     mobile, external = layout.mobile_share, layout.external_ids_share
     context = {
@@ -134,12 +145,29 @@ def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
         "_message": (1 - shown) * (2 + layout.id_chars),
         "_bucket": 8,
     }
+    identifies |= {
+        "context_personas_computation_class": (2 + 8) * layout.audience_share,
+        "context_personas_computation_key": (2 + 12) * layout.audience_share,
+        **{audience(i): 1 * layout.audience_share / layout.audiences for i in range(layout.audiences)},
+    }
+    track = {c: identifies[c] for c in ("id", "user_id", "anonymous_id", "timestamp", "loaded_at")}
+    track |= {"audience_key": 2 + 12, "context_personas_computation_key": 2 + 12, "received_at": 8}
+    discards = {"row_id": 2 + layout.id_chars, "table_name": 2 + 10, "column_name": 2 + 12, "column_value": 2 + 4}
+    discards |= {"loaded_at": 8, "received_at": 8}
+    event = {k: track[k] for k in ("id", "user_id", "anonymous_id", "audience_key", "timestamp")}
+    event |= {"entered": 1, "_key": key, "_bucket": 8}
+    stay = {"user_id": track["user_id"], "anonymous_id": 0, "audience_key": 2 + 12, "entered_at": 8, "exited_at": 8}
+    stay |= {"entered_message_id": 2 + layout.id_chars, "exited_message_id": 2 + layout.id_chars, "_bucket": 8}
     return {
         "identifies": identifies,
         "tracks": tracks,
         "users_state": state,
         "identities_state": identities_state,
         SYNC_HISTORY: history,
+        **{name: track for name in AUDIENCE_TRACKS},
+        "discards": discards,
+        memberships.EVENTS: event,
+        memberships.TABLE: stay,
     }
 
 
@@ -149,6 +177,18 @@ CONTEXT_TYPES = {"context_device_ad_tracking_enabled": "BOOL", "email": "STRING"
 
 def trait(i: int) -> str:
     return f"trait_{i:03d}"
+
+
+def audience(i: int) -> str:
+    return f"audience_{i:03d}"
+
+
+AUDIENCE_TRACKS = ("audience_entered", "audience_exited")
+
+
+def audience_events(layout: Layout) -> int:
+    """Rows of audience_events: every audience call ever sent, each a distinct event (an upper bound)."""
+    return int(layout.identify_rows * layout.audience_share) + 2 * layout.audience_track_rows
 
 
 class Recording(FakeBigQuery):
@@ -179,6 +219,12 @@ class Recording(FakeBigQuery):
                 }
                 for d in DERIVED
             ]
+        elif " AS fingerprint" in text:  # the audiences of the window's identify calls
+            rows = [
+                {"audience_key": audience(i), "fingerprint": i + 1, "calls": 1} for i in range(self.layout.audiences)
+            ]
+        elif "AS not_read" in text:
+            rows = [{"not_read": 0, "missing": 0}]
         elif "AS rows_read" in text and "@since" in text:
             count = 0 if self.idle else self.layout.touched_users
             rng = random.Random(0)
@@ -204,11 +250,19 @@ def statements(layout: Layout, path: str, only: str | None = None) -> list[tuple
     sizes = value_bytes(layout)
     context = {c: CONTEXT_TYPES.get(c, "STRING") for c in sizes["tracks"] if c.startswith("context_")}
     warehouse.ensure_table(DATASET, "identifies", spec("identifies"), deadline)
-    warehouse.add_columns(DATASET, "identifies", traits | context | {"email": "STRING"}, deadline)
+    personas = {"context_personas_computation_class": "STRING", "context_personas_computation_key": "STRING"}
+    audiences = {audience(i): "BOOL" for i in range(layout.audiences)}
+    made = traits | context | personas | audiences | {"email": "STRING"}
+    warehouse.add_columns(DATASET, "identifies", made, deadline)
     warehouse.ensure_table(DATASET, "tracks", spec("tracks"), deadline)
     warehouse.add_columns(DATASET, "tracks", context, deadline)
+    for name in AUDIENCE_TRACKS:
+        warehouse.ensure_table(DATASET, name, spec("track_event"), deadline)
+        warehouse.add_columns(DATASET, name, {"audience_key": "STRING", **personas}, deadline)
+    warehouse.ensure_table(DATASET, "discards", spec("discards"), deadline)
     warehouse.ensure_table(DATASET, "users_state", spec("users_state"), deadline)
     state = {n: t for c in users.synced(list(traits)) for n, t in ((c.column, "FLOAT64"), (c.asof, "STRING"))}
+    state |= {n: t for c in users.synced(list(audiences)) for n, t in ((c.column, "BOOL"), (c.asof, "STRING"))}
     state |= {"email": "STRING", naming.asof_column("email"): "STRING"}
     warehouse.add_columns(DATASET, "users_state", state, deadline)
     hidden = [users.ROW_ASOF, "_bucket", *(c for c in state if c.startswith(naming.ASOF_PREFIX))]
@@ -221,8 +275,10 @@ def statements(layout: Layout, path: str, only: str | None = None) -> list[tuple
 def catalog(layout: Layout) -> sqlcheck.Catalog:
     sizes = value_bytes(layout)
     found = sqlcheck.Catalog()
-    for name in ("identifies", "tracks", "users_state", "identities_state"):
-        columns = {c.name: c.type for c in spec(name).columns}
+    kept = ("identifies", "tracks", "users_state", "identities_state", "discards", memberships.EVENTS)
+    kept += (memberships.TABLE,)
+    for name in (*kept, *AUDIENCE_TRACKS):
+        columns = {c.name: c.type for c in spec(name if name not in AUDIENCE_TRACKS else "track_event").columns}
         dynamic = {c: _dynamic_type(c) for c in sizes[name]}
         found.tables[f"{PROJECT}.{DATASET}.{name}"] = dynamic | columns
     history = spec(SYNC_HISTORY)
@@ -233,7 +289,9 @@ def catalog(layout: Layout) -> sqlcheck.Catalog:
 def _dynamic_type(column: str) -> str:
     if column in CONTEXT_TYPES:
         return CONTEXT_TYPES[column]
-    return "STRING" if column.startswith((naming.ASOF_PREFIX, "context_")) else "FLOAT64"
+    if column.startswith("audience_0"):
+        return "BOOL"
+    return "STRING" if column.startswith((naming.ASOF_PREFIX, "context_")) or column == "audience_key" else "FLOAT64"
 
 
 def rows_read(table: str, text: str, layout: Layout, *, clustered: bool, pruned: bool) -> float:
@@ -255,6 +313,17 @@ def rows_read(table: str, text: str, layout: Layout, *, clustered: bool, pruned:
         return rows * len(named) / BUCKETS if named is not None and pruned else rows
     if table.endswith(f".{SYNC_HISTORY}"):
         return layout.history_rows_per_day  # started_at >= a day ago: one daily partition or two
+    # The event tables and discards are partitioned by day on received_at: a bound on loaded_at prunes none
+    # of it; the memberships sync's bound on received_at (a month before @since) prunes the older days.
+    recent = min(1.0, memberships.RECEIVED_BEFORE_LOADED_DAYS / layout.days) if "TIMESTAMP_SUB(@since" in text else 1.0
+    if table.rsplit(".", 1)[-1] in AUDIENCE_TRACKS:
+        return layout.audience_track_rows * recent  # clustered by user_id only
+    if table.endswith(".discards"):
+        return layout.audience_discards * recent  # clustered by table_name, column_name: the audience columns
+    if table.endswith((f".{memberships.EVENTS}", f".{memberships.TABLE}")):
+        rows = audience_events(layout) / (1 if table.endswith(f".{memberships.EVENTS}") else 2)
+        named = confined_to(text, _BETWEEN, _IN)
+        return rows * len(named) / BUCKETS if named is not None and pruned else rows
     return 0.0
 
 

@@ -113,6 +113,14 @@ def populate(world: World, user: str, prefix: str, space: str | None = None) -> 
     world.fake.rows[f"{PROJECT}.{dataset}.users_state"].append({"id": user, "_bucket": 1})  # MERGE-written
     world.warehouse.ensure_table(dataset, "identities_state", spec("identities_state"), Deadline(60))
     world.fake.rows[f"{PROJECT}.{dataset}.identities_state"].extend(identities_rows(user, prefix))
+    # audience_memberships and its audience_events (MERGE-written): a profile is its user_id, else (an
+    # anonymous-only profile) its anonymous_id.
+    for kept, first in (("audience_events", {"id": f"{prefix}-3"}), ("audience_memberships", {})):
+        world.warehouse.ensure_table(dataset, kept, spec(kept), Deadline(60))
+        world.fake.rows[f"{PROJECT}.{dataset}.{kept}"] += [
+            {**first, "user_id": user, "anonymous_id": None, "audience_key": "vip", "_bucket": 2},
+            {**first, "user_id": None, "anonymous_id": f"anon-{user}", "audience_key": "vip", "_bucket": 3},
+        ]
 
 
 def identities_rows(user: str, prefix: str, anonymous: str | None = None) -> list[dict[str, Any]]:
@@ -186,6 +194,8 @@ def test_forget_deletes_every_row_of_the_user_and_nothing_of_another(world: Worl
         "audience_entered",
         "viewed",
         "users_state",
+        "audience_memberships",
+        "audience_events",
         "personas__ops.rejected_messages",
         "personas_mkt.identifies",
     }
@@ -201,6 +211,7 @@ def test_forget_deletes_every_row_of_the_user_and_nothing_of_another(world: Worl
     # identities_state: the profiles' rows, message rows included (their _profile names the id too).
     assert found[("personas_default", "identities_state")] == 5
     assert {r["_profile"] for r in world.rows("identities_state")} == {"u:bob", "a:anon-bob"}
+    assert found[("personas_default", "audience_memberships")] == found[("personas_default", "audience_events")] == 2
     assert [r["row_id"] for r in world.rows("discards")] == ["b-2"]
     # The replay rows of alice went with her rejections; bob's stayed.
     assert [r["new_message_id"] for r in world.rows("replays", "personas__ops")] == ["new-b"]
@@ -252,7 +263,8 @@ def test_rows_in_the_streaming_buffer_are_left_pending_with_why_then_finished_by
     assert left["identifies"].why.startswith("kept until discards is empty")
     assert left["rejected_messages"].why.startswith("kept until replays is empty")
     deleted = {t.table: t.deleted for t in report.tables if t.deleted}
-    assert deleted == {"users_state": 1, "identities_state": 3}  # by MERGE, never in the buffer (alice's profile)
+    # By MERGE, never in the buffer (alice's profile).
+    assert deleted == {"users_state": 1, "identities_state": 3, "audience_memberships": 1, "audience_events": 1}
     assert command.main is not None and report.left > 0
 
     world.advance(20 * 60)

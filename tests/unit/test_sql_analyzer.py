@@ -25,7 +25,8 @@ from google.cloud import bigquery
 
 from personas_warehouse import naming, sql, sync
 from personas_warehouse.bigquery import Deadline, Warehouse
-from personas_warehouse.derived import DERIVED, users
+from personas_warehouse.derived import DERIVED, memberships, users
+from personas_warehouse.derived.memberships import MEMBERSHIPS
 from personas_warehouse.settings import Settings, SpaceConfig
 from schemas.tables import spec, table_specs
 from tests import sqlcheck
@@ -42,7 +43,7 @@ PLAUSIBLE = {
     "ARRAY": [1],  # partitions touched by new rows: every branch of the sync runs
 }
 # Answers to the window queries the sync sends, by column name.
-CANNED = {"rows_read": 1, "touched": [1, 2, 3, 9]}
+CANNED = {"rows_read": 1, "touched": [1, 2, 3, 9], "not_read": 1, "missing": 1}
 _KEYWORDS = """select from where order by group merge using when matched then update set insert values on as window
 partition rows range struct array timestamp current_date current_timestamp all and any asc at between case cast
 collate create cross cube default define desc distinct else end enum escape except exclude exists extract false
@@ -62,7 +63,14 @@ AWKWARD = {key: TYPES[i % len(TYPES)] for i, key in enumerate([*KEYWORDS, *SQL_N
     key: TYPES[i] for i, key in enumerate(LONGEST)
 }
 TRAITS = sqlcheck.trait_columns(AWKWARD)
-CONTEXT = {"context_personas_computation_key": "STRING", "context_library_version": "STRING"}
+CONTEXT = {
+    "context_personas_computation_class": "STRING",
+    "context_personas_computation_key": "STRING",
+    "context_library_version": "STRING",
+}
+AUDIENCE_EVENTS = ("Audience Entered", "Audience Exited", "Trait Computed")
+AUDIENCE_TRACK = {"audience_key": "STRING", **CONTEXT}  # the columns of an audience event's table
+GONE = "gone_audience"  # an audience key seen in identify calls with no identifies column
 # The context columns identities reads (docs/identities.md), as ingest types them, in identifies and tracks.
 MOBILE = {
     "context_traits_email": "STRING",
@@ -85,7 +93,7 @@ ODD_MOBILE = {
     "context_external_ids": "BOOL",
 }
 # Tables the sync makes (derived tables and their views): a scenario lays out only those it says it has.
-MADE_BY_SYNC = {name for d in DERIVED for name in (d.name, d.table)}
+MADE_BY_SYNC = {name for d in DERIVED for name in (d.name, d.table)} | {memberships.EVENTS}
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +170,10 @@ class RecordingBigQuery(FakeBigQuery):
         if re.match(r"\s*SELECT", sql, re.I) and "sync_history" in sql:
             statement.analyze(self.analyzer)
             rows = self.previous
+        elif re.match(r"\s*SELECT", sql, re.I) and " AS fingerprint" in sql:
+            if not self.canned:
+                statement.analyze(self.analyzer)
+            rows = self.audiences(sql)
         elif re.match(r"\s*(SELECT|WITH|\()", sql, re.I) and self.canned:
             rows = [CANNED]
         elif re.match(r"\s*(SELECT|WITH|\()", sql, re.I):  # only queries return rows; DML is analyzed later
@@ -175,6 +187,17 @@ class RecordingBigQuery(FakeBigQuery):
 
     def list_datasets(self, **_: Any) -> list[SimpleNamespace]:
         return [SimpleNamespace(dataset_id=d) for d in sorted(self.datasets)]
+
+    def audiences(self, text: str) -> list[dict[str, Any]]:
+        """The audience keys identify calls carry, as BigQuery would answer the memberships sync: every trait
+        column of the space's identifies (each type BigQuery can give it), one key with no column, and the
+        calls that name no audience."""
+        found = re.search(r"`([^`]+)\.identifies`", text)
+        table = self.tables.get(f"{found[1]}.identifies") if found else None
+        keys = [f.name for f in table.schema if f.name in sql.trait_columns({f.name: f.field_type})] if table else []
+        named = [*keys, GONE] if table else []  # only a query that reads identifies finds audience keys
+        rows = [{"audience_key": k, "fingerprint": (-1) ** i * (i + 1), "calls": 1} for i, k in enumerate(named)]
+        return [*rows, {"audience_key": None, "fingerprint": None, "calls": 2}]
 
 
 CREATE_VIEW = re.compile(r"^CREATE OR REPLACE VIEW `(?P<path>[^`]+)` AS (?P<query>.*)\Z", re.S)
@@ -258,7 +281,7 @@ SCENARIOS = [
     Scenario(
         "users_disabled",
         {"default": TRAITS, "marketing": TRAITS},
-        Settings(spaces={"marketing": SpaceConfig(disabled_tables=frozenset({"users"}))}),
+        Settings(spaces={"marketing": SpaceConfig(disabled_tables=frozenset({"users", "audience_memberships"}))}),
         history=True,
     ),
     Scenario("domain_scoped_project", {"default": TRAITS}, history=True, project="example.com:personas-test"),
@@ -300,7 +323,7 @@ def run(scenario: Scenario, analyzer: sqlcheck.Analyzer) -> tuple[RecordingBigQu
     deadline = Deadline(600)
     ops = scenario.settings.ops_dataset
     for slug, traits in scenario.spaces.items():
-        laid = sqlcheck.warehouse_catalog(scenario.project, {slug: traits}, ops_dataset=ops)
+        laid = sqlcheck.warehouse_catalog(scenario.project, {slug: traits}, ops_dataset=ops, events=AUDIENCE_EVENTS)
         for path, columns in laid.tables.items():
             _, dataset, name = path.rsplit(".", 2)
             if name in MADE_BY_SYNC and (name != "users_state" or slug not in scenario.users):
@@ -310,7 +333,10 @@ def run(scenario: Scenario, analyzer: sqlcheck.Analyzer) -> tuple[RecordingBigQu
             kind = table_specs().get(name, spec("track_event"))
             setup.ensure_table(dataset, name, kind, deadline)
             extra = _state(scenario.users[slug]) if name == "users_state" else columns
-            extra |= scenario.context if name in ("identifies", "tracks") else {}
+            if name in ("identifies", "tracks"):
+                extra |= scenario.context
+            elif name.startswith("audience_e"):
+                extra |= AUDIENCE_TRACK
             extra = {c: t for c, t in extra.items() if c not in kind.column_names}
             if extra:
                 setup.add_columns(dataset, name, extra, deadline)
@@ -364,6 +390,9 @@ def test_every_statement_passes_the_analyzer(scenario: Scenario, analyzer: sqlch
             if s["tables"][derived.name]["status"] != sync.SKIPPED
         }
         assert set(merges(client, analyzer, derived.table)) == kept, derived.name
+    kept_by = {s["space"]: s["tables"][MEMBERSHIPS.name]["status"] for s in summary["spaces"]}
+    synced = {naming.space_dataset(slug) for slug, status in kept_by.items() if status != sync.SKIPPED}
+    assert set(merges(client, analyzer, memberships.EVENTS)) == synced  # its internal table, in the same chunks
     # Views as they are now, with every trait column, still analyze.
     final = client.catalog()
     for path, query in final.views.items():
@@ -382,6 +411,7 @@ def test_statements_fit_bigquery_query_length_at_the_column_budget(analyzer: sql
     )
     full = Scenario("budget, full", {"default": traits}, settings, history=True, canned=True, full=True)
     kinds: Counter[str] = Counter()
+    audience_events: Counter[str] = Counter()
     for scenario in (incremental, full):
         client, _ = run(scenario, analyzer)
         longest = max(len(s.sql) for s in client.statements)
@@ -390,10 +420,18 @@ def test_statements_fit_bigquery_query_length_at_the_column_budget(analyzer: sql
         kinds.update(
             "rebuild" if "ON FALSE" in s.sql else "fold" if "@since" in s.sql else "columns from history"
             for s in client.statements
-            if s.sql.startswith("MERGE")
+            if s.sql.startswith("MERGE") and ".users_state`" in s.sql.split("\n", 1)[0]
+        )
+        audience_events.update(
+            scenario.name
+            for s in client.statements
+            if s.sql.startswith(f"MERGE `{PROJECT}.personas_default.audience_events`")
         )
     # Fold, the columns switched back on, the full rebuild: each split into several MERGEs.
     assert set(kinds) == {"fold", "columns from history", "rebuild"} and min(kinds.values()) > 1, kinds
+    # Every trait an audience: the fold of audience events and its rebuild, split too (a chunk is one
+    # statement per group of audiences).
+    assert audience_events["budget"] > 1 and audience_events["budget, full"] > 3, audience_events
 
 
 def test_split_statements_pass_the_analyzer(analyzer: sqlcheck.Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ SPACE = "big"
 DATASET = naming.space_dataset(SPACE)
 START = datetime(2026, 12, 1, tzinfo=UTC)
 TRAITS = {"plan": "STRING", "score": "INT64", "vip": "BOOL"}
+PERSONAS = {"context_personas_computation_class": "STRING", "context_personas_computation_key": "STRING"}
 
 
 # Every table a derived table may read: identifies, tracks and the Personas events' tables. The model answers
@@ -38,7 +39,9 @@ def warehouse_with(users: int) -> tuple[ModelBigQuery, Warehouse]:
     deadline = Deadline(60)
     for table, kind in SOURCES.items():
         warehouse.ensure_table(DATASET, table, spec(kind), deadline)
-    warehouse.add_columns(DATASET, "identifies", TRAITS, deadline)
+    warehouse.add_columns(DATASET, "identifies", TRAITS | PERSONAS, deadline)
+    for table in ("audience_entered", "audience_exited"):
+        warehouse.add_columns(DATASET, table, {"audience_key": "STRING", **PERSONAS}, deadline)
     total = spec("users_state").buckets or 0
     client.add_rows(DATASET, "identifies", (((i * 7919) % total, START - timedelta(days=1)) for i in range(users)))
     return client, warehouse

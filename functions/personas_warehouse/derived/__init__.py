@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from personas_warehouse.derived.frame import Derived
 from personas_warehouse.derived.identities import IDENTITIES
+from personas_warehouse.derived.memberships import MEMBERSHIPS
 from personas_warehouse.derived.users import USERS
 
-DERIVED: tuple[Derived, ...] = (USERS, IDENTITIES)
+DERIVED: tuple[Derived, ...] = (USERS, IDENTITIES, MEMBERSHIPS)
