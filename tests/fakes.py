@@ -12,6 +12,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
+_CREATE_FUNCTION = re.compile(r"CREATE OR REPLACE TABLE FUNCTION `([^`]+)`")
+
 
 class FakeBigQuery:
     def __init__(self, project: str = "personas-test") -> None:
@@ -20,6 +22,7 @@ class FakeBigQuery:
         self.tables: dict[str, bigquery.Table] = {}
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.insert_calls = 0
+        self.routines: set[str] = set()  # `project.dataset.name` of the functions the statements created
         # Hook per insert: (table_ref, rows) -> row errors to answer, or raise.
         self.on_insert: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
@@ -31,6 +34,16 @@ class FakeBigQuery:
         if key not in self.tables:
             raise gexc.NotFound(f"table {key}")
         return self.tables[key]
+
+    def get_routine(self, ref: str, **_: Any) -> Any:
+        if ref not in self.routines:
+            raise gexc.NotFound(f"routine {ref}")
+        return ref
+
+    def created_routine(self, text: str) -> None:
+        """Keep the function a `CREATE OR REPLACE TABLE FUNCTION` statement (sent as a query) creates."""
+        if made := _CREATE_FUNCTION.match(text):
+            self.routines.add(made[1])
 
     def create_dataset(self, dataset: bigquery.Dataset, **_: Any) -> bigquery.Dataset:
         self.datasets.add(dataset.dataset_id)
