@@ -92,7 +92,19 @@ def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
     for i in range(layout.traits):  # every user has every trait: an upper bound
         state |= {trait(i): 8, naming.asof_column(trait(i)): key}
     history = {c.name: 20.0 for c in spec(SYNC_HISTORY).columns}
-    return {"identifies": identifies, "users_state": state, SYNC_HISTORY: history}
+    # users_history_calls: one row per identify call, its traits as sparse as in identifies.
+    calls = {"user_id": 2 + layout.user_id_chars, "timestamp": 8, "_key": key, "_starts": 1, "_bucket": 8}
+    calls |= {trait(i): 8 * trait_share for i in range(layout.traits)}
+    # users_history: every period holds every trait (an upper bound, as for users_state).
+    periods = {"id": 2 + layout.user_id_chars, "valid_from": 8, "valid_to": 8, "_bucket": 8}
+    periods |= {trait(i): 8 for i in range(layout.traits)}
+    return {
+        "identifies": identifies,
+        "users_state": state,
+        "users_history_calls": calls,
+        "users_history": periods,
+        SYNC_HISTORY: history,
+    }
 
 
 def trait(i: int) -> str:
@@ -160,7 +172,7 @@ def statements(layout: Layout, path: str) -> list[tuple[str, dict[str, str]]]:
 def catalog(layout: Layout) -> sqlcheck.Catalog:
     sizes = value_bytes(layout)
     found = sqlcheck.Catalog()
-    for name in ("identifies", "users_state"):
+    for name in ("identifies", "users_state", "users_history_calls", "users_history"):
         columns = {c.name: c.type for c in spec(name).columns}
         dynamic = {c: "STRING" if c.startswith(naming.ASOF_PREFIX) else "FLOAT64" for c in sizes[name]}
         found.tables[f"{PROJECT}.{DATASET}.{name}"] = dynamic | columns
@@ -175,9 +187,13 @@ def rows_read(table: str, text: str, layout: Layout, *, clustered: bool, pruned:
         if "@since" in text:  # partitioned by day on loaded_at, clustered by loaded_at first
             return layout.new_rows if clustered else layout.identify_rows / layout.days
         return layout.identify_rows
-    if table.endswith(".users_state"):
-        named = confined_to(text, _BETWEEN, _IN)
-        return layout.users * len(named) / BUCKETS if named is not None and pruned else layout.users
+    kept = {".users_state": layout.users, ".users_history_calls": layout.identify_rows}
+    # users_history: a period per call (an upper bound: a call that changes nothing starts none).
+    kept[".users_history"] = layout.identify_rows
+    for suffix, rows in kept.items():
+        if table.endswith(suffix):
+            named = confined_to(text, _BETWEEN, _IN)
+            return rows * len(named) / BUCKETS if named is not None and pruned else rows
     if table.endswith(f".{SYNC_HISTORY}"):
         return layout.history_rows_per_day  # started_at >= a day ago: one daily partition or two
     return 0.0

@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from personas_warehouse.derived.frame import Derived
 from personas_warehouse.derived.users import USERS
+from personas_warehouse.derived.users_history import USERS_HISTORY
 
-DERIVED: tuple[Derived, ...] = (USERS,)
+DERIVED: tuple[Derived, ...] = (USERS, USERS_HISTORY)
