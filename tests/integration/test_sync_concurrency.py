@@ -249,7 +249,8 @@ def test_each_statement_modifies_only_the_partitions_it_names(stack: Stack, bq: 
 
     def before(text: str) -> None:
         flush()
-        snapshot.update(text=text, state=state())
+        if text.startswith(f"MERGE `{project}.personas_{space}.users_state`"):  # other tables test their own
+            snapshot.update(text=text, state=state())
 
     def flush() -> None:
         """Compare the state with the one before the last statement."""

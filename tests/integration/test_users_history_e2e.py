@@ -20,7 +20,7 @@ from personas_warehouse.settings import Settings, SpaceConfig
 from personas_warehouse.sync import run_sync
 from tests.integration.conftest import query
 from tests.integration.test_sync_concurrency import Hooked, identify, land, small_budget, stored_calls
-from tests.integration.test_users_history_property import periods_oracle, table_of
+from tests.integration.test_users_history_property import narrowed, periods_oracle, table_of
 from tests.sync_fakes import _BETWEEN, _IN, confined_to
 
 pytestmark = pytest.mark.integration
@@ -180,3 +180,22 @@ def test_each_statement_modifies_only_the_partitions_it_names(stack: Stack, bq: 
         flush()
     assert len(checked) >= 6 + 14 and sum(c for c, _ in checked[6:]) >= 20, checked
     assert table_of(bq, f"`{project}.personas_{space}`") == periods_oracle(stored_calls(bq, project, space))
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["one statement", "a column at a time"])
+def test_calls_stored_twice_count_once(stack: Stack, bq: bigquery.Client, narrow: bool) -> None:
+    """Two runs at once can both store a call (each read the calls before the other inserted it): every
+    stored call doubled, the next runs still make the history the calls say."""
+    project, space = stack.config.project, space_of("twice")
+    dataset = f"`{project}.personas_{space}`"
+    config = settings_for(stack, sync_overlap_seconds=0)
+    warehouse = Warehouse(bq)
+    first = [identify("u1", 1, a=1, b="x"), identify("u1", 3, a=2), identify("u2", 2, b="y")]
+    land(warehouse, config, space, first, datetime.now(UTC) - timedelta(minutes=2))
+    run_sync(warehouse, config, spaces=[space])
+    bq.query(f"INSERT INTO {dataset}.users_history_calls SELECT * FROM {dataset}.users_history_calls").result()
+    land(warehouse, config, space, [identify("u1", 2, b="z"), identify("u2", 0, a=5)], datetime.now(UTC))
+    with narrowed(narrow):
+        [result] = run_sync(warehouse, config, spaces=[space])["spaces"]
+    assert result["status"] == "success", result
+    assert table_of(bq, dataset) == periods_oracle(stored_calls(bq, project, space))

@@ -56,7 +56,7 @@ def test_a_wide_space_splits_by_columns_and_loses_none(monkeypatch: pytest.Monke
     for kind in (stored, starts, periods):
         assert len(kind) > 1 and sorted(c for s in kind for c in named(s)) == sorted(COLUMNS), "each column once"
     assert starts[0].endswith("SET _starts = _new._begins")
-    assert all(s.endswith("SET _starts = _old._starts OR _new._begins") for s in starts[1:])
+    assert all(s.endswith("SET _starts = (_old._starts OR _new._begins)") for s in starts[1:])
     assert "DELETE" in periods[0] and "INSERT" in periods[0] and all("INSERT" not in s for s in periods[1:])
 
 

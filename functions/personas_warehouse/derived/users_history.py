@@ -87,10 +87,11 @@ class UsersHistory:
             if not warehouse.routine_exists(dataset, FUNCTION, deadline):
                 warehouse.run(users_at_sql(project, dataset), [], deadline)
 
-        left_out = [
-            *(f"{NAME} has other types for {clashing}: those columns were not synced" for _ in clashing[:1]),
-            *(f"{reserved} are {NAME}'s own columns: those traits were not synced" for _ in reserved[:1]),
-        ]
+        left_out = []
+        if clashing:
+            left_out.append(f"{NAME} has other types for {clashing}: those columns were not synced")
+        if reserved:
+            left_out.append(f"{reserved} are {NAME}'s own columns: those traits were not synced")
         return Plan(
             sources=[Source(IDENTIFIES, "user_id", "user_id IS NOT NULL")],
             fold=built.fold,
@@ -233,11 +234,17 @@ def _moments(project: str, dataset: str, cols: Sequence[str], keys: Keys, window
             f"SELECT _c.user_id, _c.timestamp, _c._key, _c._starts{picked}, CAST(NULL AS TIMESTAMP) AS _since "
             f"FROM {calls} AS _c WHERE {keys.partitions('_c')}"
         )
+    # Each call once, should two runs at once have stored it twice (each read the calls before the other's
+    # insert): a wide space's statements match their source on the call's key, one row each.
+    once = (
+        f"SELECT * EXCEPT (_copy) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY user_id, _key) AS _copy "
+        f"FROM ({source})) WHERE _copy = 1"
+    )
     running = "".join(f", LAST_VALUE({quote(c)} IGNORE NULLS) OVER _upto AS {quote(c)}" for c in cols)
     return (
         f"SELECT user_id, timestamp, _key, _starts, _since{running}, "
         f"ROW_NUMBER() OVER (PARTITION BY user_id, timestamp ORDER BY _key DESC) = 1 AS _last "
-        f"FROM ({source}) WINDOW {_UPTO}"
+        f"FROM ({once}) WINDOW {_UPTO}"
     )
 
 
@@ -260,7 +267,7 @@ def starts_sql(
     moments = _moments(project, dataset, cols, keys, window, scoped)
     source = f"SELECT user_id, _key, _last AND ({_changed(cols)}) AS _begins FROM ({moments}) WINDOW {_BEFORE}"
     partitions = keys.partitions("_old")
-    starts = "_new._begins" if index == 0 else "_old._starts OR _new._begins"
+    starts = "_new._begins" if index == 0 else "(_old._starts OR _new._begins)"
     return (
         f"MERGE {calls} AS _old\nUSING ({source}) AS _new\n"
         f"ON _old.user_id = _new.user_id AND _old._key = _new._key AND {partitions}\n"
