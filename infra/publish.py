@@ -8,8 +8,9 @@ with its line number and never published, rather than becoming an anonymous row 
 rejection table. Talks to the emulator when PUBSUB_EMULATOR_HOST is set (the client reads it), else to
 Pub/Sub with application-default credentials.
 
-`--ids-file` records every confirmed message as a JSON line `{"pubsub_id", "call_ids", "space"}` (the
-call messageIds it carried, in order; `space` is the attribute, or null) for `python -m infra.ops.reconcile`.
+`--ids-file` records every confirmed message as a JSON line `{"pubsub_id", "call_ids", "space",
+"published_after"}` (the call messageIds it carried, in order; `space` is the attribute, or null; the time
+publishing started, from which reconcile reads the tables) for `python -m infra.ops.reconcile`.
 
 Exit status: 0 all published; 1 a line was refused or a publish failed; 2 bad usage or unreadable input.
 """
@@ -25,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 import google.auth.exceptions
@@ -138,9 +140,12 @@ def call_id(data: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def ids_line(pubsub_id: str, call_ids: Sequence[str | None], space: str | None) -> str:
-    """One line of the ids file that infra.ops.reconcile reads."""
-    return json.dumps({"pubsub_id": pubsub_id, "call_ids": list(call_ids), "space": space}) + "\n"
+def ids_line(pubsub_id: str, call_ids: Sequence[str | None], space: str | None, published_after: datetime) -> str:
+    """One line of the ids file that infra.ops.reconcile reads. `published_after`: this machine's clock
+    before the message was published, a lower bound of its publish time, from which reconcile reads the
+    tables' partitions (instead of their whole history)."""
+    entry = {"pubsub_id": pubsub_id, "call_ids": list(call_ids), "space": space}
+    return json.dumps({**entry, "published_after": published_after.astimezone(UTC).isoformat()}) + "\n"
 
 
 def _lines_label(first: int, last: int, calls: int) -> str:
@@ -376,9 +381,10 @@ def publish_file(
         if ids_file is not None:
             ids_out = stack.enter_context(open(ids_file, "w", encoding="utf-8"))
             space = (attributes or {}).get("space")
+            started = datetime.now(UTC)  # before the first publish: every message was published after it
 
             def on_published(message_id: str, call_ids: list[str | None]) -> None:
-                ids_out.write(ids_line(message_id, call_ids, space))
+                ids_out.write(ids_line(message_id, call_ids, space, started))
 
         # Binary: lines split on b"\n" only (text mode would also split on a stray \r), and a bad byte
         # refuses its line instead of aborting the read.

@@ -83,11 +83,28 @@ def _object() -> fields.Dict:
     return fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
 
 
-class PersonasContextSchema(Schema):
-    """context.personas: which computation sent the call. Extra keys are kept (they become columns)."""
+class _InSentOrder(Schema):
+    """An object whose extra keys are kept (they become columns), in the order the call sent them.
+
+    marshmallow puts the declared fields first and adds the unknown keys in the order of a `set`, which
+    changes with PYTHONHASHSEED, so from one process to the next. Everything made from the keys' order
+    (the columns a call adds, its discards and their insert ids) must depend on the message alone: a
+    redelivery handled by another instance must write the same ids, or BigQuery keeps both copies."""
 
     class Meta:
         unknown = INCLUDE
+
+    @post_load(pass_original=True)
+    def _sent_order(self, data: dict[str, Any], original: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(original, dict):
+            return data
+        ordered = {key: data[key] for key in original if key in data}
+        ordered.update(data)  # nothing more today: only a declared field with a default could be missing
+        return ordered
+
+
+class PersonasContextSchema(_InSentOrder):
+    """context.personas: which computation sent the call."""
 
     computation_class = fields.String(allow_none=True)
     computation_id = fields.String(allow_none=True)
@@ -96,10 +113,7 @@ class PersonasContextSchema(Schema):
     space_id = fields.String(allow_none=True)
 
 
-class ContextSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class ContextSchema(_InSentOrder):
     personas = fields.Nested(PersonasContextSchema, allow_none=True)
 
 

@@ -1,8 +1,16 @@
-"""marshmallow schema of the one config file (YAML or JSON): space routing and selective sync.
+"""marshmallow schema of the one config file (YAML or JSON): space routing, the space policy, the
+Personas event names, and selective sync.
 
+    space_policy:
+      allow: any                      # any: every safe slug, up to max_space_datasets; listed: only `spaces`
+      max_space_datasets: 20
     spaces:
       marketing:                      # slug: dataset personas_marketing
         space_ids: [spa_9f8d2]        # context.personas.space_id values routed to this space
+        personas_events:              # the track event names the space's Engage sends (these are the defaults)
+          audience_entered: Audience Entered
+          audience_exited: Audience Exited
+          trait_computed: Trait Computed
         disabled_tables: [audience_exited]
         disabled_columns:
           "*": [email]                # every table of the space
@@ -25,6 +33,15 @@ NAME = re.compile(r"^[a-z_][a-z0-9_]{0,299}\Z")
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,99}\Z")
 ALL_TABLES = "*"
 NEVER_DISABLED_TABLES = frozenset({"discards"})
+ANY_SPACE, LISTED_SPACES = "any", "listed"
+DEFAULT_MAX_SPACE_DATASETS = 20
+# Engage's default track event names (segment-docs, src/engage/using-engage-data.md); each is configurable
+# per destination connection in Engage, so per space here.
+DEFAULT_PERSONAS_EVENTS = {
+    "audience_entered": "Audience Entered",
+    "audience_exited": "Audience Exited",
+    "trait_computed": "Trait Computed",
+}
 
 
 def _base_columns() -> frozenset[str]:
@@ -38,11 +55,43 @@ def _names() -> fields.List[str]:
     )
 
 
+def _event_name(default: str) -> fields.String:
+    # No leading or trailing spaces and no control characters: Engage's names are plain titles.
+    plain = validate.Regexp(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,1022}[^\s\x00-\x1f\x7f])?\Z")
+    message = "Not a plain event name (1-1024 characters, no leading or trailing space, no control character)."
+    return fields.String(load_default=default, validate=validate.Regexp(plain.regex, error=message))
+
+
+class PersonasEventsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    audience_entered = _event_name(DEFAULT_PERSONAS_EVENTS["audience_entered"])
+    audience_exited = _event_name(DEFAULT_PERSONAS_EVENTS["audience_exited"])
+    trait_computed = _event_name(DEFAULT_PERSONAS_EVENTS["trait_computed"])
+
+    @validates_schema
+    def _distinct(self, data: dict[str, str], **kwargs: Any) -> None:
+        if len(set(data.values())) < len(data):
+            raise ValidationError(f"The three event names must differ: {data}.")
+
+
+class SpacePolicySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    allow = fields.String(load_default=ANY_SPACE, validate=validate.OneOf([ANY_SPACE, LISTED_SPACES]))
+    max_space_datasets = fields.Integer(
+        load_default=DEFAULT_MAX_SPACE_DATASETS, strict=True, validate=validate.Range(min=1)
+    )
+
+
 class SpaceConfigSchema(Schema):
     class Meta:
         unknown = RAISE
 
     space_ids = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    personas_events = fields.Nested(PersonasEventsSchema, load_default=lambda: dict(DEFAULT_PERSONAS_EVENTS))
     disabled_tables = _names()
     disabled_columns = fields.Dict(
         keys=fields.String(validate=validate.Regexp(r"^(\*|[a-z_][a-z0-9_]*)\Z")), values=_names(), load_default=dict
@@ -67,6 +116,7 @@ class ConfigSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    space_policy = fields.Nested(SpacePolicySchema, load_default=lambda: SpacePolicySchema().load({}))
     spaces = fields.Dict(
         keys=fields.String(validate=validate.Regexp(SLUG, error="Not a safe space slug: {input}")),
         values=fields.Nested(SpaceConfigSchema),

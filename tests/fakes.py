@@ -4,13 +4,17 @@ with failure injection, so ingest's error paths are tested without a network."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
+
+from tests import fake_sql
 
 _CREATE_FUNCTION = re.compile(r"CREATE OR REPLACE TABLE FUNCTION `([^`]+)`")
 
@@ -19,6 +23,8 @@ class FakeBigQuery:
     def __init__(self, project: str = "personas-test") -> None:
         self.project = project
         self.datasets: set[str] = set()
+        self.dataset_specs: dict[str, bigquery.Dataset] = {}  # as created: access entries, default key
+        self.dataset_listings = 0
         self.tables: dict[str, bigquery.Table] = {}
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.insert_calls = 0
@@ -45,9 +51,16 @@ class FakeBigQuery:
         if made := _CREATE_FUNCTION.match(text):
             self.routines.add(made[1])
 
-    def create_dataset(self, dataset: bigquery.Dataset, **_: Any) -> bigquery.Dataset:
+    def create_dataset(self, dataset: bigquery.Dataset, exists_ok: bool = False, **_: Any) -> bigquery.Dataset:
+        if dataset.dataset_id in self.datasets and not exists_ok:
+            raise gexc.Conflict(f"Already Exists: Dataset {self.project}:{dataset.dataset_id}")
         self.datasets.add(dataset.dataset_id)
-        return dataset
+        self.dataset_specs.setdefault(dataset.dataset_id, dataset)
+        return self.dataset_specs[dataset.dataset_id]
+
+    def list_datasets(self, **_: Any) -> list[bigquery.DatasetReference]:
+        self.dataset_listings += 1
+        return [bigquery.DatasetReference(self.project, d) for d in sorted(self.datasets)]
 
     def create_table(self, table: bigquery.Table, exists_ok: bool = False, **_: Any) -> bigquery.Table:
         key = self._key(table.reference)
@@ -76,6 +89,34 @@ class FakeBigQuery:
             assert not unknown, f"row has fields the table lacks: {unknown}"  # real BigQuery refuses them
         self.rows[key].extend(rows)
         return []
+
+    def list_tables(self, dataset: Any, **_: Any) -> list[SimpleNamespace]:
+        """tables.list: every table and view of a dataset, with its type."""
+        name = str(dataset).rsplit(".", 1)[-1]
+        if name not in self.datasets:
+            raise gexc.NotFound(f"Not found: Dataset {dataset}")
+        return [
+            SimpleNamespace(table_id=t.table_id, table_type="VIEW" if t.view_query is not None else "TABLE")
+            for key, t in sorted(self.tables.items())
+            if key.rsplit(".", 2)[1] == name
+        ]
+
+    def list_rows(self, ref: Any, selected_fields: Any = None, **_: Any) -> list[dict[str, Any]]:
+        """tabledata.list: the rows, only the selected fields, TIMESTAMPs as datetimes (as the client gives)."""
+        key = self._key(ref)
+        if key not in self.tables:
+            raise gexc.NotFound(f"Not found: Table {key}")
+        fields = selected_fields or self.tables[key].schema
+        out = []
+        for row in self.rows.get(key, []):
+            picked = {}
+            for f in fields:
+                value = row.get(f.name)
+                if f.field_type == "TIMESTAMP" and isinstance(value, str):
+                    value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                picked[f.name] = value
+            out.append(picked)
+        return out
 
 
 # BigQuery's answers the strict fake reproduces. The two request limits and their 400 texts are
@@ -149,8 +190,9 @@ class StrictFakeBigQuery(FakeBigQuery):
     """FakeBigQuery that is as strict as BigQuery where bqemulator is lenient: it refuses requests over
     insertAll's limits (400, whole request), refuses unknown fields and wrong types row by row (`invalid`
     for the bad row, `stopped` for its neighbours, nothing written), drops rows whose insertId it saw within
-    the dedup window, and answers 404 to the first `not_found_inserts` inserts into a table after its
-    creation (streaming metadata is eventually consistent). Every request body is kept, serialized as
+    the dedup window, answers 404 to the first `not_found_inserts` inserts into a table after its
+    creation, and "no such field" for a column added less than `insert_all_lag_seconds` ago (streaming
+    metadata is eventually consistent). Every request body is kept, serialized as
     google-cloud-bigquery serializes it, in `requests` as (table, body)."""
 
     def __init__(self, project: str = "personas-test", *, clock: FakeClock | None = None) -> None:
@@ -160,12 +202,37 @@ class StrictFakeBigQuery(FakeBigQuery):
         self.requests: list[tuple[str, str]] = []
         self._seen: dict[tuple[str, str], float] = {}
         self._missing_for: dict[str, int] = {}
+        # BigQuery's streaming buffer: rows written by insertAll cannot be changed by DML for a while
+        # (https://cloud.google.com/bigquery/docs/data-manipulation-language#limitations: "the last 30
+        # minutes"; up to 90 per https://cloud.google.com/knowledge/kb/cannot-update-or-delete-over-
+        # bigquery-streaming-tables-000004334). Rows written by DML are never in it.
+        self.buffer_seconds = STREAMING_BUFFER_SECONDS
+        self._streamed: dict[int, float] = {}  # id(row) -> when insertAll wrote it
+        self.statements: list[tuple[str, dict[str, Any]]] = []  # every query: its SQL and parameters
+        self.added_at: dict[tuple[str, str], float] = {}  # (table, column) -> when update_table added it
+        # insertAll's own lag: a column added less than this ago is "no such field" (streaming metadata is
+        # eventually consistent too).
+        self.insert_all_lag_seconds = 0.0
 
     def create_table(self, table: bigquery.Table, **kw: Any) -> bigquery.Table:
         key = self._key(table.reference)
         if key not in self.tables and self.not_found_inserts:
             self._missing_for[key] = self.not_found_inserts
         return super().create_table(table, **kw)
+
+    def get_table(self, ref: Any, **kw: Any) -> bigquery.Table:
+        """A copy, as the real client returns: changing it changes nothing until update_table."""
+        found = super().get_table(ref, **kw)
+        return bigquery.Table.from_api_repr(found.to_api_repr())
+
+    def update_table(self, table: bigquery.Table, fields: list[str], **kw: Any) -> bigquery.Table:
+        """Also notes when each column was added (the Write API fake lags behind it)."""
+        key = self._key(table.reference)
+        before = {f.name.lower() for f in self.tables[key].schema} if key in self.tables else set()
+        for column in table.schema:
+            if column.name.lower() not in before:
+                self.added_at[(key, column.name.lower())] = self.clock()
+        return super().update_table(table, fields, **kw)
 
     def drop_table(self, ref: str) -> None:
         """What an operator's `DROP TABLE` does: the table, its rows and its dedup memory are gone."""
@@ -190,7 +257,11 @@ class StrictFakeBigQuery(FakeBigQuery):
         if key not in self.tables:
             raise gexc.NotFound(f"Not found: Table {key}")
         parsed = json.loads(body)["rows"]  # what BigQuery receives, not the caller's Python objects
-        schema = {f.name.lower(): _LEGACY.get(f.field_type, f.field_type) for f in self.tables[key].schema}
+        schema = {
+            f.name.lower(): _LEGACY.get(f.field_type, f.field_type)
+            for f in self.tables[key].schema
+            if self.clock() - self.added_at.get((key, f.name.lower()), -math.inf) >= self.insert_all_lag_seconds
+        }
         bad: dict[int, list[dict[str, str]]] = {}
         for index, entry in enumerate(parsed):
             for name, value in entry["json"].items():
@@ -207,5 +278,93 @@ class StrictFakeBigQuery(FakeBigQuery):
             if seen is not None and self.clock() - seen < DEDUP_WINDOW_SECONDS:
                 continue
             self._seen[(key, entry["insertId"])] = self.clock()
-            self.rows[key].append({k: _stored(schema[k.lower()], v) for k, v in entry["json"].items()})
+            stored = {k: _stored(schema[k.lower()], v) for k, v in entry["json"].items()}
+            self.rows[key].append(stored)
+            self._streamed[id(stored)] = self.clock()
         return []
+
+    def in_buffer(self, row: dict[str, Any]) -> bool:
+        written = self._streamed.get(id(row))
+        return written is not None and self.clock() - written < self.buffer_seconds
+
+    def query(self, sql: str, job_config: bigquery.QueryJobConfig | None = None, **_: Any) -> FakeQueryJob:
+        """Runs the statements forget sends (tests/fake_sql.py), as BigQuery would: a DELETE that would
+        touch a row still in the streaming buffer fails whole, with BigQuery's message, when its result
+        is awaited."""
+        params = _query_params(job_config)
+        self.statements.append((sql, params))
+        parsed = fake_sql.parse(sql)
+        return FakeQueryJob(lambda: self._execute(parsed, params))
+
+    def _table_rows(self, path: str) -> list[dict[str, Any]]:
+        if path not in self.tables:
+            raise gexc.NotFound(f"Not found: Table {path}")
+        return self.rows.setdefault(path, [])
+
+    def _execute(self, parsed: fake_sql.Parsed, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        if parsed.kind == "count":
+            assert parsed.parts is not None
+            return [
+                {
+                    "table_name": params[name],
+                    "n": sum(fake_sql.holds(where, r, params, self._table_rows) for r in self._table_rows(table)),
+                }
+                for name, table, where in parsed.parts
+            ], 0
+        rows = self._table_rows(parsed.table)
+        if parsed.kind == "delete":
+            hit = [r for r in rows if fake_sql.holds(parsed.where, r, params, self._table_rows)]
+            if any(self.in_buffer(r) for r in hit):
+                raise gexc.BadRequest(
+                    f"UPDATE or DELETE statement over table {parsed.table} would affect rows in the streaming "
+                    "buffer, which is not supported"
+                )
+            gone = {id(r) for r in hit}
+            rows[:] = [r for r in rows if id(r) not in gone]
+            for i in gone:
+                self._streamed.pop(i, None)
+            return [], len(hit)
+        assert parsed.columns is not None and parsed.values is not None
+        known = {f.name for f in self.tables[parsed.table].schema}
+        assert set(parsed.columns) <= known, f"INSERT names columns the table lacks: {set(parsed.columns) - known}"
+        sources = [None] if parsed.unnest is None else list(params[parsed.unnest[0]])
+        for value in sources:
+            rows.append(
+                {
+                    column: value if kind == "ref" else params[ref]
+                    for column, (kind, ref) in zip(parsed.columns, parsed.values, strict=True)
+                }
+            )
+        return [], len(sources)
+
+
+STREAMING_BUFFER_SECONDS = 30 * 60
+
+
+class FakeQueryJob:
+    """A query job: runs when its result is awaited (BigQuery reports a failed job there too)."""
+
+    def __init__(self, run: Callable[[], tuple[list[dict[str, Any]], int]]) -> None:
+        self._run = run
+        self._rows: list[dict[str, Any]] | None = None
+        self.num_dml_affected_rows: int | None = None
+        self.dml_stats: SimpleNamespace | None = None
+
+    def result(self, **_: Any) -> list[dict[str, Any]]:
+        if self._rows is None:
+            self._rows, affected = self._run()
+            self.num_dml_affected_rows = affected
+            self.dml_stats = SimpleNamespace(inserted_row_count=0, updated_row_count=0, deleted_row_count=affected)
+        return self._rows
+
+
+def _query_params(config: bigquery.QueryJobConfig | None) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for param in config.query_parameters if config else []:
+        if isinstance(param, bigquery.ArrayQueryParameter):
+            found[param.name] = list(param.values)
+        elif isinstance(param, bigquery.ScalarQueryParameter):
+            found[param.name] = param.value
+        else:
+            raise NotImplementedError(f"query parameter {param!r}")
+    return found

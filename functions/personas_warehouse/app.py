@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+from google.cloud import bigquery
+
 from personas_warehouse import values
 from personas_warehouse.bigquery import Deadline, Warehouse, make_client
 from personas_warehouse.errors import TransientError
@@ -21,6 +23,8 @@ from personas_warehouse.logs import log
 from personas_warehouse.messages import PushDelivery, parse_push
 from personas_warehouse.settings import STORAGE_WRITE, Settings, load_settings
 from personas_warehouse.sync import run_sync
+from personas_warehouse.writers.contract import Writer
+from personas_warehouse.writers.insert_all import InsertAllWriter
 
 # (body, status, headers): what functions-framework's Flask accepts from an HTTP function.
 Response = tuple[str, int, dict[str, str]]
@@ -30,13 +34,24 @@ SETTINGS: Settings = load_settings()
 
 @cache
 def warehouse() -> Warehouse:
-    found = Warehouse(make_client(SETTINGS), write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000)
-    if SETTINGS.bigquery_writer == STORAGE_WRITE:
-        # Imported here: the Write API client (gRPC, protobuf) costs cold-start time only where it is used.
-        from personas_warehouse.storage_write import StorageWriter, make_write_client
+    client = make_client(SETTINGS)
+    return Warehouse(
+        client,
+        writers=writers(client),
+        write_group_max_wait=SETTINGS.write_group_max_wait_ms / 1000,
+        space_datasets=SETTINGS.space_datasets,
+    )
 
-        found.storage_writer = StorageWriter(make_write_client(SETTINGS), found.project, found)
-    return found
+
+def writers(client: bigquery.Client) -> list[Writer]:
+    """BIGQUERY_WRITER's writer, then insertAll for the rows it defers (a column the Write API does not see yet)."""
+    insert_all = InsertAllWriter(client)
+    if SETTINGS.bigquery_writer != STORAGE_WRITE:
+        return [insert_all]
+    # Imported here: the Write API client (gRPC, protobuf) costs cold-start time only where it is used.
+    from personas_warehouse.writers.storage_write import StorageWriteWriter, make_write_client
+
+    return [StorageWriteWriter(make_write_client(SETTINGS), str(client.project)), insert_all]
 
 
 def handle_push_request(request: Any) -> Response:
@@ -93,6 +108,7 @@ def handle_push(
         discards=outcome.discards,
         rejections=len(outcome.rejections),
         error_classes=classes or None,
+        suppressed=outcome.suppressed or None,
         **fields,
     )
     return "", 204, {}

@@ -1,71 +1,46 @@
-"""BigQuery adapter: the only module that talks to BigQuery. It performs I/O; it decides nothing about
-rows. It keeps a per-instance cache of table schemas, adds columns safely when several instances race,
-and bounds every retry by the caller's deadline."""
+"""BigQuery adapter: the table catalog and the queries of ingest and sync. It performs I/O; it decides
+nothing about rows. It keeps a per-instance cache of table schemas, adds columns safely when several
+instances race, and bounds every retry by the caller's deadline. Rows reach BigQuery through the writers
+(writers/): the Warehouse runs each behind a group commit of its own, hands it rows, and is the `Tables`
+a writer may ask about."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from functools import partial
+from typing import Any, cast
 
-import requests
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
-from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from personas_warehouse import group_commit, naming, sql, values
+from personas_warehouse import group_commit, naming, sql
+from personas_warehouse.deadline import FIRST_DELAY, pause
+from personas_warehouse.deadline import Deadline as Deadline  # re-exported: ingest, sync and app import it here
 from personas_warehouse.errors import TransientError
-from personas_warehouse.settings import Settings
+from personas_warehouse.settings import Settings, SpaceDatasets
+from personas_warehouse.writers.contract import Deferred, Entry, Problems, Verdict, Writer
+from personas_warehouse.writers.contract import RowRefusal as RowRefusal
+from personas_warehouse.writers.contract import Schema as Schema
+from personas_warehouse.writers.insert_all import InsertAllWriter
 from schemas.tables import TableSpec
-
-if TYPE_CHECKING:  # imported only when BIGQUERY_WRITER=storage_write (app.py): no cold-start cost otherwise
-    from personas_warehouse.storage_write import StorageWriter
 
 # BigQuery answers legacy type names; the core speaks standard SQL names.
 _STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
-_TRANSIENT = (
-    gexc.TooManyRequests,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.ServiceUnavailable,
-    gexc.GatewayTimeout,
-    gexc.DeadlineExceeded,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    ConnectionError,
-    TimeoutError,
-)
-_RETRYABLE_ROW_REASONS = frozenset({"stopped", "backendError", "internalError", "timeout"})
-_NO_SUCH_FIELD = "no such field"  # BigQuery has not yet seen a column just added (or the table is new)
-Schema = dict[str, str]
-
-# insertAll's rules (https://cloud.google.com/bigquery/quotas#streaming_inserts), all in one place.
-# BigQuery's hard limits: a bigger request is refused whole with HTTP 400 ("Request payload size exceeds
-# the limit: 10485760 bytes." / "too many rows present in the request, limit: 50000 ...").
-INSERT_ALL_MAX_REQUEST_BYTES = 10 * 1024 * 1024
-INSERT_ALL_MAX_ROWS = 50_000
-# What we send: BigQuery's recommended 500 rows, and a byte budget safely under the hard limit, measured on
-# the request body exactly as google-cloud-bigquery serializes it (json.dumps of {"rows": [{"json": row,
-# "insertId": id}, ...]}). A row whose JSON alone is over the budget is refused as row_refused, never sent.
-INSERT_ROWS_PER_REQUEST = 500
-INSERT_BYTES_PER_REQUEST = 9_000_000
-_EMPTY_REQUEST_BYTES = len(json.dumps({"rows": []}))
-_ROW_SEPARATOR_BYTES = len(", ")
-_FIRST_DELAY, _MAX_DELAY = 0.25, 4.0
 
 
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _TRANSIENT):
-        return True
-    if isinstance(exc, gexc.Forbidden):  # quota and rate limits come back as 403
-        return any(e.get("reason") in ("rateLimitExceeded", "quotaExceeded") for e in exc.errors or [])
-    return False
+def _access_entry(role: str, member: str) -> bigquery.AccessEntry:
+    """An IAM member (`serviceAccount:`, `user:`, `group:`, `domain:`; settings.MEMBER) as a dataset access
+    entry: service accounts and users by `userByEmail`, groups by `groupByEmail`
+    (https://cloud.google.com/bigquery/docs/reference/rest/v2/datasets#Dataset.FIELDS.access)."""
+    kind, _, who = member.partition(":")
+    entity = {"serviceAccount": "userByEmail", "user": "userByEmail", "group": "groupByEmail", "domain": "domain"}
+    return bigquery.AccessEntry(role, entity[kind], who)
 
 
 def make_client(settings: Settings) -> bigquery.Client:
@@ -79,26 +54,6 @@ def make_client(settings: Settings) -> bigquery.Client:
     return bigquery.Client(project=settings.project, location=settings.location)
 
 
-class Deadline:
-    """The time left for one invocation; every retry inside it stops in time."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._end = clock() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self._end - self._clock())
-
-    def retry(self, cap: float = 30.0) -> Retry:
-        return Retry(predicate=is_transient, initial=0.2, maximum=4.0, multiplier=2.0, timeout=self.budget(cap))
-
-    def budget(self, cap: float) -> float:
-        left = self.remaining()
-        if left <= 0.5:
-            raise TransientError("deadline reached before BigQuery answered; Pub/Sub will redeliver")
-        return min(cap, left)
-
-
 @dataclass(frozen=True)
 class Described:
     kind: str  # TABLE or VIEW
@@ -106,67 +61,18 @@ class Described:
     view_query: str | None
 
 
-Problems = list[dict[str, Any]]  # BigQuery's errors for one row: {"reason", "location", "message"}
-
-
-@dataclass(frozen=True)
-class RowRefusal:
-    index: int
-    errors: Problems
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One row on its way: as sent, its insert id, the schema it was fitted to, its bytes in a request."""
-
-    row: dict[str, Any]
-    wire: dict[str, Any]
-    insert_id: str
-    expected: Schema
-    size: int
-
-
-def _entry(row: dict[str, Any], insert_id: str, expected: Schema) -> _Entry:
-    wire = values.wire_row(row)
-    return _Entry(row, wire, insert_id, expected, _entry_bytes(wire, insert_id))
+def query_parameters(params: Sequence[sql.Param]) -> list[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter]:
+    """The client's query parameters for the statement builders' `Param`s."""
+    return [
+        bigquery.ArrayQueryParameter(p.name, p.type, p.value)
+        if isinstance(p.value, list)
+        else bigquery.ScalarQueryParameter(p.name, p.type, p.value)
+        for p in params
+    ]
 
 
 def _schema_of(table: bigquery.Table) -> Schema:
     return {f.name.lower(): _STANDARD_TYPES.get(f.field_type, f.field_type) for f in table.schema}
-
-
-def _no_such_field(problem: dict[str, Any]) -> bool:
-    return _NO_SUCH_FIELD in str(problem.get("message", "")).lower()
-
-
-def _retryable_row_error(problem: dict[str, Any]) -> bool:
-    return problem.get("reason", "") in _RETRYABLE_ROW_REASONS or _no_such_field(problem)
-
-
-def _entry_bytes(row: dict[str, Any], insert_id: str) -> int:
-    """Bytes one row adds to an insertAll body, serialized as the client does (json.dumps defaults)."""
-    return len(json.dumps({"json": row, "insertId": insert_id}).encode("utf-8"))
-
-
-def _too_big(size: int) -> dict[str, Any]:
-    limit = INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES
-    message = f"Row is {size} bytes as JSON; one insertAll request carries at most {limit} bytes of rows."
-    return {"reason": "invalid", "location": "", "message": message}
-
-
-def _requests(indices: Sequence[int], sizes: Sequence[int]) -> Iterator[list[int]]:
-    """Consecutive runs of `indices`, each within INSERT_ROWS_PER_REQUEST and INSERT_BYTES_PER_REQUEST."""
-    run: list[int] = []
-    used = _EMPTY_REQUEST_BYTES
-    for i in indices:
-        grown = used + sizes[i] + (_ROW_SEPARATOR_BYTES if run else 0)
-        if run and (len(run) == INSERT_ROWS_PER_REQUEST or grown > INSERT_BYTES_PER_REQUEST):
-            yield run
-            run, grown = [], _EMPTY_REQUEST_BYTES + sizes[i]
-        run.append(i)
-        used = grown
-    if run:
-        yield run
 
 
 class Warehouse:
@@ -176,27 +82,35 @@ class Warehouse:
         self,
         client: bigquery.Client,
         *,
+        writers: Sequence[Writer] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         write_group_max_wait: float = 0.05,
-        storage_writer: StorageWriter | None = None,
+        space_datasets: SpaceDatasets | None = None,
     ) -> None:
+        """`writers` in order (default: insertAll alone): rows a writer defers, for a column BigQuery does
+        not show it yet, go to the next one; the last one's are retried after a backoff."""
         self.client = client
-        self.storage_writer = storage_writer  # BIGQUERY_WRITER=storage_write: rows go to the Write API
-        # One per instance: the request threads' rows for one table meet here and share writes.
-        self._groups: group_commit.GroupCommit[_Entry, Problems] = group_commit.GroupCommit(
-            self._write_group,
-            max_items=INSERT_ROWS_PER_REQUEST,
-            max_size=INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES,
-            max_wait=write_group_max_wait,
-        )
+        self.space_datasets = space_datasets or SpaceDatasets()  # how a dataset is created: access, default key
+        self.writers: tuple[Writer, ...] = tuple(writers or (InsertAllWriter(client, sleep=sleep),))
+        # One per writer and instance: the request threads' rows for one table meet here and share writes.
+        self._groups = [
+            group_commit.GroupCommit[Entry, Verdict, Deadline](
+                partial(self._write_group, writer),
+                max_items=writer.max_group_rows,
+                max_size=writer.max_group_bytes,
+                max_wait=write_group_max_wait,
+            )
+            for writer in self.writers
+        ]
         self.project = client.project
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._specs: dict[tuple[str, str], TableSpec] = {}  # to re-create a table BigQuery lost
         self._sleep = sleep
 
     def serving(self) -> AbstractContextManager[None]:
-        """Around one request's work: its rows are on their way, so shared writes wait for them."""
-        return self._groups.serving()
+        """Around one request's work: its rows are on their way, so shared writes wait for them (the first
+        writer's: the others only get rows it deferred)."""
+        return self._groups[0].serving()
 
     def table_ref(self, dataset: str, table: str) -> str:
         return f"{self.project}.{dataset}.{table}"
@@ -205,7 +119,7 @@ class Warehouse:
         self._schemas.pop((dataset, table), None)
 
     def ensure_table(self, dataset: str, table: str, spec: TableSpec, deadline: Deadline) -> Schema:
-        """The table's schema, creating the dataset and table (partitioned, clustered) when missing."""
+        """The table's schema, creating the table (partitioned, clustered) and, when missing, its dataset."""
         key = (dataset, table)
         self._specs[key] = spec
         if key in self._schemas:
@@ -214,12 +128,6 @@ class Warehouse:
         try:
             found = self.client.get_table(ref, retry=deadline.retry(), timeout=deadline.budget(10))
         except gexc.NotFound:
-            self.client.create_dataset(
-                bigquery.Dataset(f"{self.project}.{dataset}"),
-                exists_ok=True,
-                retry=deadline.retry(),
-                timeout=deadline.budget(10),
-            )
             new = bigquery.Table(
                 ref, schema=[bigquery.SchemaField(c.name, c.type, description=c.description) for c in spec.columns]
             )
@@ -230,7 +138,15 @@ class Warehouse:
                 whole = bigquery.PartitionRange(start=0, end=spec.buckets, interval=1)
                 new.range_partitioning = bigquery.RangePartitioning(field=sql.BUCKET, range_=whole)
             new.clustering_fields = list(spec.clustering) or None
-            found = self.client.create_table(new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
+            try:
+                found = self.client.create_table(
+                    new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10)
+                )
+            except gexc.NotFound:  # "Not found: Dataset": the first table of a new space
+                self._create_dataset(dataset, deadline)
+                found = self.client.create_table(
+                    new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10)
+                )
             if spec.dedup_view:
                 view = bigquery.Table(self.table_ref(dataset, naming.view_name(table)))
                 view.view_query = sql.dedup_view_sql(self.project, dataset, table)
@@ -238,6 +154,27 @@ class Warehouse:
                 self.client.create_table(view, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
         self._schemas[key] = _schema_of(found)
         return self._schemas[key]
+
+    def _create_dataset(self, dataset: str, deadline: Deadline) -> None:
+        """Create a dataset as `space_datasets` says: only after a table create found it missing, so that a
+        caller without bigquery.datasets.create (the sync) never needs it for a dataset that exists. Access
+        entries given at creation replace BigQuery's defaults, the creator's OWNER included ("Roles that
+        you specify on dataset creation overwrite the default values":
+        https://cloud.google.com/bigquery/docs/access-control-basic-roles), and a dataset needs an OWNER,
+        so project owners are kept as one. The default key encrypts every table made in it later
+        (https://cloud.google.com/bigquery/docs/customer-managed-encryption); BigQuery's service agent must
+        hold encrypt/decrypt on it (Terraform grants it)."""
+        new = bigquery.Dataset(f"{self.project}.{dataset}")
+        options = self.space_datasets
+        if options.writers or options.readers:
+            new.access_entries = [
+                bigquery.AccessEntry("OWNER", "specialGroup", "projectOwners"),
+                *(_access_entry("WRITER", member) for member in options.writers),
+                *(_access_entry("READER", member) for member in options.readers),
+            ]
+        if options.kms_key_name:
+            new.default_encryption_configuration = bigquery.EncryptionConfiguration(kms_key_name=options.kms_key_name)
+        self.client.create_dataset(new, exists_ok=True, retry=deadline.retry(), timeout=deadline.budget(10))
 
     def add_columns(self, dataset: str, table: str, columns: dict[str, str], deadline: Deadline) -> Schema:
         """Add NULLABLE columns. Read-modify-write guarded by the table's etag: when another instance
@@ -265,126 +202,63 @@ class Warehouse:
             return self._schemas[(dataset, table)]
         raise TransientError(f"schema of {ref} kept changing while adding {sorted(columns)}")
 
+    def restore(self, dataset: str, table: str, deadline: Deadline) -> Schema:
+        """The table read afresh; created again (partitioned, clustered, with its view) when it is gone."""
+        self.forget(dataset, table)
+        spec = self._specs.get((dataset, table))
+        if spec is None:
+            raise TransientError(f"{self.table_ref(dataset, table)} was not found and this instance never ensured it")
+        return self.ensure_table(dataset, table, spec, deadline)
+
     def insert(
         self, dataset: str, table: str, rows: Sequence[dict[str, Any]], insert_ids: Sequence[str], deadline: Deadline
     ) -> list[RowRefusal]:
         """Stream rows with insert ids; returns the rows refused for themselves (BigQuery's verdict, or alone
-        over the request budget) once every other row is written. The rows travel in a write shared with
-        the other requests in flight in this instance (group_commit.py), by insertAll or, when configured,
-        the Storage Write API (same contract); a failed write raises here, in every request it carried
-        (TransientError: Pub/Sub redelivers)."""
-        expected = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
-        entries = [_entry(row, insert_id, expected) for row, insert_id in zip(rows, insert_ids, strict=True)]
-        budget = INSERT_BYTES_PER_REQUEST - _EMPTY_REQUEST_BYTES
-        refused = [RowRefusal(i, [_too_big(e.size)]) for i, e in enumerate(entries) if e.size > budget]
-        fitting = [i for i, e in enumerate(entries) if e.size <= budget]
-        sending = [entries[i] for i in fitting]
-        written = self._groups.submit((dataset, table), sending, [e.size for e in sending], deadline)
-        refused += [RowRefusal(fitting[i], errors) for i, errors in written.items()]
-        return sorted(refused, key=lambda r: r.index)
+        over a request's size) once every other row is written. The rows travel in a write shared with the
+        other requests in flight in this instance (group_commit.py), by the first writer; a failed write
+        raises here, in every request it carried (TransientError: Pub/Sub redelivers). Rows a writer defers
+        (a column BigQuery does not show it yet) go to the next writer, or after a backoff to the last one
+        again, within this request's deadline: they never hold back the other requests' rows."""
+        if len(rows) != len(insert_ids):
+            raise ValueError("one insert id per row")
+        fitted_to = dict(self._schemas.get((dataset, table), {}))  # the schema the rows were fitted to
+        refused: dict[int, Problems] = {}
+        pending = list(range(len(rows)))
+        stage, delay = 0, FIRST_DELAY
+        while True:
+            writer = self.writers[stage]
+            sending, entries = [], []
+            for i in pending:
+                prepared = writer.prepare(dataset, table, rows[i], insert_ids[i], fitted_to)
+                problems = writer.oversized(prepared)
+                if problems is None:
+                    sending.append(i)
+                    entries.append(prepared)
+                else:
+                    refused[i] = problems
+            verdicts = self._groups[stage].submit((dataset, table), entries, [e.size for e in entries], deadline)
+            deferred: dict[int, Deferred] = {}
+            for n, verdict in verdicts.items():
+                if isinstance(verdict, Deferred):
+                    deferred[sending[n]] = verdict
+                else:
+                    refused[sending[n]] = verdict
+            if not deferred:
+                return [RowRefusal(i, refused[i]) for i in sorted(refused)]
+            pending = sorted(deferred)
+            if stage + 1 < len(self.writers):
+                stage += 1  # the next writer may see the column already
+                continue
+            if deadline.remaining() <= delay + 0.5:
+                columns = sorted({c for verdict in deferred.values() for c in verdict.columns})
+                raise TransientError(f"BigQuery does not show {dataset}.{table}'s {columns[:5]} yet; redeliver")
+            delay = pause(self._sleep, delay, deadline)
 
     def _write_group(
-        self, key: Hashable, entries: list[_Entry], deadline: group_commit.Deadline
-    ) -> dict[int, Problems]:
-        """One group's rows (of one or many requests): {index in entries: BigQuery's errors} for the rows
-        refused for themselves, once every other row is written. By the Storage Write API when configured,
-        else by insertAll in requests within its limits, each until its rows are written or refused."""
+        self, writer: Writer, key: Hashable, entries: list[Entry], deadline: Deadline
+    ) -> dict[int, Verdict]:
         dataset, table = cast(tuple[str, str], key)
-        if self.storage_writer is not None:
-            written = self.storage_writer.write(
-                dataset, table, [e.row for e in entries], [e.insert_id for e in entries], cast(Deadline, deadline)
-            )
-            return {refusal.index: refusal.errors for refusal in written}
-        expected: Schema = {}
-        for schema in {id(e.expected): e.expected for e in entries}.values():
-            expected.update(schema)
-        wire = [e.wire for e in entries]
-        ids = [e.insert_id for e in entries]
-        refused: dict[int, Problems] = {}
-        for request in _requests(range(len(entries)), [e.size for e in entries]):
-            refused.update(self._send(dataset, table, wire, ids, request, expected, cast(Deadline, deadline)))
-        return refused
-
-    def _send(
-        self,
-        dataset: str,
-        table: str,
-        wire: Sequence[dict[str, Any]],
-        insert_ids: Sequence[str],
-        request: list[int],
-        expected: Schema,
-        deadline: Deadline,
-    ) -> dict[int, Problems]:
-        """insertAll: one request's rows until each is written or refused for itself: {index: BigQuery's errors}."""
-        ref = self.table_ref(dataset, table)
-        pending, refused, delay = request, {}, _FIRST_DELAY
-        checked = False  # whether a refusal made us compare the table with the schema the rows were fitted to
-        while pending:
-            fields = {name for i in pending for name in wire[i]}
-            try:
-                errors = self.client.insert_rows_json(
-                    ref,
-                    [wire[i] for i in pending],
-                    row_ids=[insert_ids[i] for i in pending],
-                    retry=deadline.retry(),
-                    timeout=deadline.budget(20),
-                )
-            except gexc.NotFound:
-                self._reensure(dataset, table, expected, fields, deadline)
-                delay = self._pause(delay, deadline)
-                continue
-            retry_next: list[int] = []
-            only_stopped = True  # rows held back by a refused neighbour can be resent at once
-            unseen = False
-            refused_now = False
-            for entry in errors:
-                index = pending[entry["index"]]
-                problems = entry.get("errors", [])
-                if not all(_retryable_row_error(p) for p in problems):
-                    refused[index] = problems
-                    refused_now = True
-                    continue
-                retry_next.append(index)
-                only_stopped = only_stopped and all(p.get("reason") == "stopped" for p in problems)
-                unseen = unseen or any(_no_such_field(p) for p in problems)
-            if unseen or (refused_now and not checked):
-                # A refusal is only the row's fault if the table still has the types the rows were
-                # fitted to; a table re-created with other types raises TransientError (re-fit on redelivery).
-                checked = checked or refused_now
-                self._reensure(dataset, table, expected, fields, deadline)
-            if retry_next and not only_stopped:
-                delay = self._pause(delay, deadline)
-            pending = retry_next
-        return refused
-
-    def _reensure(self, dataset: str, table: str, expected: Schema, fields: set[str], deadline: Deadline) -> None:
-        """Read the table afresh (creating it again if it is gone) and add back the columns the rows carry
-        that it lacks, with the types the rows were fitted to. A column whose type changed cannot be
-        fixed here: the message is redelivered and its rows fitted again."""
-        ref = self.table_ref(dataset, table)
-        self.forget(dataset, table)
-        spec = self._specs.get((dataset, table))
-        if spec is None:
-            raise TransientError(f"{ref} was not found and this instance never ensured it")
-        try:
-            fresh = self.ensure_table(dataset, table, spec, deadline)
-            changed = sorted(f for f in fields if f in fresh and f in expected and fresh[f] != expected[f])
-            unknown = sorted(f for f in fields if f not in fresh and f not in expected)
-            if changed or unknown:
-                self.forget(dataset, table)
-                raise TransientError(f"{ref} changed under this instance ({changed or unknown}); redeliver to re-fit")
-            lacking = {f: expected[f] for f in sorted(fields) if f not in fresh}
-            if lacking:
-                self.add_columns(dataset, table, lacking, deadline)
-        except gexc.NotFound:  # created, but not visible yet: the caller backs off and tries again
-            self.forget(dataset, table)
-
-    def _pause(self, delay: float, deadline: Deadline) -> float:
-        """Sleep `delay` (raises TransientError when the deadline leaves no time); the next delay."""
-        self._sleep(min(deadline.budget(delay), delay))
-        return min(delay * 2, _MAX_DELAY)
-
-    # -- the users sync --------------------------------------------------------------------------
+        return writer.write(dataset, table, entries, deadline, self)
 
     def space_slugs(self, deadline: Deadline) -> list[str]:
         datasets = self.client.list_datasets(retry=deadline.retry(), timeout=deadline.budget(30))
@@ -444,3 +318,32 @@ class Warehouse:
 
     def query(self, sql: str, params: list[Any], deadline: Deadline) -> list[dict[str, Any]]:
         return [dict(row) for row in self.run(sql, params, deadline).result()]
+
+    # -- forgetting users (forget.py) -----------------------------------------------------------
+
+    def list_tables(self, dataset: str, deadline: Deadline) -> list[tuple[str, str]]:
+        """(name, type) of every table and view of a dataset (type TABLE, VIEW, ...); [] when it is gone."""
+        try:
+            found = self.client.list_tables(
+                f"{self.project}.{dataset}", retry=deadline.retry(), timeout=deadline.budget(30)
+            )
+            return sorted((t.table_id, str(t.table_type or "TABLE")) for t in found)
+        except gexc.NotFound:
+            return []
+
+    def read_rows(
+        self, dataset: str, table: str, columns: Sequence[tuple[str, str]], deadline: Deadline
+    ) -> list[dict[str, Any]] | None:
+        """Every row of a small table, these (name, type) columns only, by tabledata.list: no query job, so
+        no bytes billed and no jobUser needed. None when the table is gone."""
+        fields = [bigquery.SchemaField(name, kind) for name, kind in columns]
+        try:
+            rows = self.client.list_rows(
+                self.table_ref(dataset, table),
+                selected_fields=fields,
+                retry=deadline.retry(),
+                timeout=deadline.budget(30),
+            )
+            return [dict(row.items()) for row in rows]
+        except gexc.NotFound:
+            return None

@@ -22,6 +22,7 @@ class ErrorClass(StrEnum):
     INVALID_PUSH = "invalid_push"  # the HTTP body is not a Pub/Sub push body (not JSON, no message, ...)
     SCHEMA_VIOLATION = "schema_violation"  # marshmallow refused the call (unknown type, missing ids, ...)
     UNSAFE_SPACE = "unsafe_space"  # the space is not a safe dataset slug
+    SPACE_REFUSED = "space_refused"  # the space policy refuses the space (not listed, or too many spaces)
     ROW_REFUSED = "row_refused"  # BigQuery refused the row itself (not the request)
 
 
@@ -43,3 +44,14 @@ class Rejection:
 
 class TransientError(Exception):
     """Retry later: raised out of the function so that Pub/Sub redelivers."""
+
+
+class GroupWriteFailed(Exception):
+    """The shared write carrying this request's rows failed with an error that is not transient (a bug or
+    a refused request): raised in every request of the group, chained to the writer's exception
+    (group_commit.py)."""
+
+
+class RequestRefused(Exception):
+    """BigQuery refused a request we should never have made (a bug, not the rows' fault): raised as is, never
+    retried inside the deadline; Pub/Sub redelivers and, if it keeps failing, dead-letters the message."""

@@ -12,11 +12,12 @@ from typing import Any
 from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.errors import ErrorClass, Rejection, TransientError
+from personas_warehouse.forget import drop_suppressed
 from personas_warehouse.logs import log
-from personas_warehouse.messages import PubSubMessage, RoutedCall, decode
+from personas_warehouse.messages import PubSubMessage, RoutedCall, alone_in_envelope, batch_of, decode, received_at
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import DISCARDS, Discard, PendingRow, discard_rows, fit_rows, plan_columns, shape
-from schemas.calls import loads_strict
+from personas_warehouse.spaces import catalog_of
 from schemas.tables import spec
 
 REJECTED_MESSAGES = "rejected_messages"
@@ -29,6 +30,7 @@ class Outcome:
     rows: dict[str, int] = field(default_factory=dict)  # "personas_default.identifies" -> count
     discards: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    suppressed: int = 0  # calls of forgotten ids, dropped unstored (forget.py)
 
 
 def ingest(
@@ -40,11 +42,15 @@ def ingest(
 ) -> Outcome:
     deadline = Deadline(settings.ingest_deadline_seconds)
     decoded = decode(message, settings)
-    outcome = Outcome(rejections=list(decoded.rejections))
+    # Calls of forgotten ids (python -m infra.ops.forget) are dropped here: acked, stored nowhere, counted.
+    decoded, suppressed = drop_suppressed(decoded, warehouse, settings, deadline)
+    outcome = Outcome(rejections=list(decoded.rejections), suppressed=suppressed)
+    admitted = _admitted(decoded.calls, outcome, warehouse, settings, deadline)
+    arrived = received_at(message)
     pending = [
         row
-        for routed in decoded.calls
-        for row in shape(routed, received_at=message.publish_time, insert_prefix=message.message_id)
+        for routed in admitted
+        for row in shape(routed, received_at=arrived, insert_prefix=message.message_id)
         if settings.space(routed.space).table_enabled(row.table)
     ]
     loaded_at = values.format_timestamp(now())
@@ -74,8 +80,26 @@ def ingest(
         outcome.discards += len(items)
     if outcome.rejections:
         record_rejections(message, decoded.data, outcome.rejections, warehouse, settings, deadline, loaded_at)
-    _log_outcome(message, decoded.calls, pending, discards, outcome.rejections)
+    _log_outcome(message, admitted, pending, discards, outcome.rejections)
     return outcome
+
+
+def _admitted(
+    calls: list[RoutedCall], outcome: Outcome, warehouse: Warehouse, settings: Settings, deadline: Deadline
+) -> list[RoutedCall]:
+    """The calls whose space the space policy allows; the others become `space_refused` rejections (kept
+    with their space, so `replay --space` finds them once the policy allows it)."""
+    catalog = catalog_of(warehouse)
+    kept = []
+    for routed in calls:
+        reason = catalog.refusal(routed.space, settings, deadline)
+        if reason is None:
+            kept.append(routed)
+        else:
+            outcome.rejections.append(
+                Rejection(ErrorClass.SPACE_REFUSED, {"space": [reason]}, routed.index, routed.space)
+            )
+    return kept
 
 
 def _by_space(discards: Iterable[Discard], settings: Settings) -> dict[str, list[Discard]]:
@@ -133,24 +157,19 @@ def _groups(rows: Iterable[PendingRow]) -> dict[tuple[str, str, str], list[Pendi
     return groups
 
 
-def _batch_calls(data: bytes) -> list[Any] | None:
-    """The raw call objects of a `{"batch": [...]}` message (None for anything else)."""
-    try:
-        document = loads_strict(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    batch = document.get("batch") if isinstance(document, dict) else None
-    return batch if isinstance(batch, list) else None
-
-
 def _stored_data(
-    message: PubSubMessage, data: bytes, calls: list[Any] | None, call_index: int | None, limit: int
+    message: PubSubMessage,
+    data: bytes,
+    batch: tuple[list[Any], dict[str, Any]] | None,
+    call_index: int | None,
+    limit: int,
 ) -> tuple[str, bool]:
-    """The data a rejection is about, cut to `limit` bytes: one call of a batch is its own JSON text (the
-    raw call object, re-serialized); anything else is the message data, UTF-8 text when it is text, else
-    the base64 as delivered."""
-    if call_index is not None and calls is not None and 0 <= call_index < len(calls):
-        text = values.json_text(calls[call_index])
+    """The data a rejection is about, cut to `limit` bytes: one call of a batch is that call alone in the
+    batch's envelope (`{"batch": [call], "sentAt": ..., "context": ...}`: the call re-serialized, with the
+    envelope fields decode applied to it), which replays as the original delivery decoded it; anything
+    else is the message data, UTF-8 text when it is text, else the base64 as delivered."""
+    if call_index is not None and batch is not None and 0 <= call_index < len(batch[0]):
+        text = values.json_text(alone_in_envelope(batch[0][call_index], batch[1]))
     else:
         try:
             text = data.decode("utf-8") if data else message.data_b64
@@ -189,11 +208,11 @@ def record_rejections(
     it is about, so a message's data is stored once however many of its calls are refused."""
     per_call = _per_call(rejections)
     needs_calls = any(r.call_index is not None for r in per_call)
-    calls = _batch_calls(data) if needs_calls else None
+    batch = batch_of(data) if needs_calls else None
     rows: list[dict[str, Any]] = []
     ids: list[str] = []
     for rejection in per_call:
-        stored, truncated = _stored_data(message, data, calls, rejection.call_index, settings.max_rejected_data_bytes)
+        stored, truncated = _stored_data(message, data, batch, rejection.call_index, settings.max_rejected_data_bytes)
         rows.append(
             {
                 "message_id": message.message_id,

@@ -7,7 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,10 +16,15 @@ from marshmallow import ValidationError
 
 from personas_warehouse import naming, values
 from personas_warehouse.errors import ErrorClass, Rejection
-from personas_warehouse.settings import Settings
+from personas_warehouse.settings import Settings, SpacePolicy
 from schemas.calls import Call, load_call, loads_strict
+from schemas.config import LISTED_SPACES
 
 SPACE_ATTRIBUTE = "space"
+# Attributes infra.ops.replay sets on what it republishes: the original message's id, and its publish time
+# (RFC 3339), which becomes the replayed calls' received_at (see `received_at`).
+REPLAY_OF = "replay_of"
+ORIGINAL_PUBLISH_TIME = "original_publish_time"
 # Fields of a Segment batch envelope that apply to every call lacking them.
 _ENVELOPE_DEFAULTS = ("sentAt",)
 
@@ -90,6 +95,39 @@ def _envelope(document: Any) -> tuple[list[Any], dict[str, Any]] | Rejection:
     return Rejection(ErrorClass.INVALID_ENVELOPE, {"_schema": ['Expected a call object or {"batch": [...]}.']})
 
 
+def batch_of(data: bytes) -> tuple[list[Any], dict[str, Any]] | None:
+    """The raw calls of a `{"batch": [...]}` message and the envelope fields decode applies to each of them
+    (`sentAt`, an object `context`); None for anything else."""
+    try:
+        document = loads_strict(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not (isinstance(document, dict) and isinstance(document.get("batch"), list)):
+        return None
+    envelope = _envelope(document)
+    return None if isinstance(envelope, Rejection) else envelope
+
+
+def alone_in_envelope(raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """One call of a batch as a message of its own that decodes to the same call: the envelope with only
+    this call in it. Stored for a refused call of a batch, so that replaying it republishes the envelope's
+    `context` (its `personas.space_id` routes the call) and `sentAt` (its event time) with it."""
+    return {"batch": [raw], **defaults}
+
+
+def received_at(message: PubSubMessage) -> datetime:
+    """When the message's calls were received: its publish time. A replay (`replay_of` set, by infra.ops.replay)
+    carries the original message's publish time in `original_publish_time`, and that is used instead, so the
+    replayed calls get the received_at, hence the event time (`timestamp` derives from it when a call has
+    none) and the day partition, that the original delivery would have written; only `loaded_at` tells them
+    apart. A value that is no timestamp, or later than the message's own publish time, is ignored: a replay
+    is always published after its original."""
+    if REPLAY_OF not in message.attributes:
+        return message.publish_time
+    original = values.parse_timestamp(message.attributes.get(ORIGINAL_PUBLISH_TIME, ""))
+    return original if original is not None and original <= message.publish_time else message.publish_time
+
+
 def _with_defaults(raw: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     if not defaults:
         return raw
@@ -109,6 +147,17 @@ def route(call: Call, attributes: Mapping[str, str], settings: Settings) -> str 
             {SPACE_ATTRIBUTE: [naming.SPACE_SLUG_RULE]},
         )
     return slug
+
+
+def space_refusal(space: str, policy: SpacePolicy, listed: Collection[str], existing: Collection[str]) -> str | None:
+    """Why the space policy refuses `space`, or None. `listed`: the spaces of the config file; `existing`:
+    the space datasets known to exist (an existing space is never refused by the count: lowering the
+    maximum does not cut off spaces already made)."""
+    if policy.allow == LISTED_SPACES:
+        return None if space in listed else f"Not one of the spaces listed in the config file ({sorted(listed)})."
+    if space in existing or len(existing) < policy.max_space_datasets:
+        return None
+    return f"{len(existing)} space datasets exist, the maximum of space_policy.max_space_datasets."
 
 
 def _b64decode_strict(text: str) -> bytes:

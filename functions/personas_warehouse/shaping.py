@@ -66,7 +66,9 @@ class Discard:
     raw: Any
     reason: DiscardReason
     received_at: str
-    ordinal: int = field(default=0, compare=False)  # position among the row's discards: key paths can coincide
+    # Position among the row's discards of the same key path ("a.b" and {"a": {"b"}} share one); with the
+    # key path it makes the insert id, so the id depends on the message alone, not on the order of other keys.
+    ordinal: int = field(default=0, compare=False)
 
     def to_row(self, loaded_at: str) -> dict[str, Any]:
         return {
@@ -325,6 +327,17 @@ def _discard(row: PendingRow, cell: Cell, column_type: str | None, reason: Disca
     )
 
 
+def _discards(row: PendingRow, lost: list[tuple[Cell, str | None, DiscardReason]]) -> list[Discard]:
+    """The row's discards, each numbered among those of its key path."""
+    seen: dict[str, int] = {}
+    out = []
+    for cell, column_type, reason in lost:
+        ordinal = seen.get(cell.key, 0)
+        seen[cell.key] = ordinal + 1
+        out.append(_discard(row, cell, column_type, reason, ordinal))
+    return out
+
+
 def _any_column_disabled(space: SpaceConfig) -> bool:
     """Most spaces disable no column: then no cell needs asking column_enabled."""
     return bool(space.disabled_columns) and any(space.disabled_columns.values())
@@ -339,30 +352,26 @@ def fit_rows(rows: Iterable[PendingRow], schema: Mapping[str, str], space: Space
     for row in rows:
         out = {k: v for k, v in row.base.items() if v is not None}
         out["loaded_at"] = loaded_at
-        first = len(fitted.discards)
+        lost: list[tuple[Cell, str | None, DiscardReason]] = []
         for cell in row.cells:
             if filtered and not space.column_enabled(row.table, cell.column):
                 continue
             column = cell.column
             column_type = schema.get(column)
             if column_type is None:
-                fitted.discards.append(
-                    _discard(row, cell, None, DiscardReason.COLUMN_LIMIT, len(fitted.discards) - first)
-                )
+                lost.append((cell, None, DiscardReason.COLUMN_LIMIT))
                 continue
             raw = cell.raw
             value = raw if as_sent.get(type(raw)) == column_type else convert(raw, column_type)
             if value is not_convertible:
-                fitted.discards.append(
-                    _discard(row, cell, column_type, DiscardReason.TYPE_CONFLICT, len(fitted.discards) - first)
-                )
+                lost.append((cell, column_type, DiscardReason.TYPE_CONFLICT))
             else:
                 out[column] = value
         for cell in row.collisions:
             if not filtered or space.column_enabled(row.table, cell.column):
-                column_type = schema.get(cell.column)
-                ordinal = len(fitted.discards) - first
-                fitted.discards.append(_discard(row, cell, column_type, DiscardReason.NAME_COLLISION, ordinal))
+                lost.append((cell, schema.get(cell.column), DiscardReason.NAME_COLLISION))
+        if lost:
+            fitted.discards.extend(_discards(row, lost))
         fitted.rows.append(out)
         fitted.insert_ids.append(row.insert_id)
     return fitted

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from schemas.tables import spec
 
@@ -37,6 +38,16 @@ KEY = (
     f"FORMAT('%016x', FARM_FINGERPRINT(id) & 0x7fffffffffffffff))"
 )
 Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter, as the statement builders (forget_sql.py, infra/ops/queries.py) hand it over:
+    a list value makes an ARRAY<type> parameter (bigquery.query_parameters turns it into the client's)."""
+
+    name: str
+    type: str  # STRING, INT64, TIMESTAMP
+    value: Any
 
 
 class UnsafeIdentifier(ValueError):

@@ -30,6 +30,7 @@ from personas_warehouse.derived.frame import (
     record,
     run_table,
 )
+from personas_warehouse.forget import finish_pending_forgets
 from personas_warehouse.logs import log
 from personas_warehouse.settings import Settings
 
@@ -48,6 +49,9 @@ def run_sync(
     run_id = str(uuid.uuid4())
     deadline = Deadline(deadline_seconds)
     until = now()  # before any schema is read: see derived/frame.py, "Window"
+    # Forget requests held back by BigQuery's streaming buffer are finished first, so that no derived table
+    # reads a forgotten user's rows this run (never raises: a failure leaves the request pending).
+    forgets = finish_pending_forgets(warehouse, settings, deadline)
     chosen = sorted(spaces) if spaces else warehouse.space_slugs(deadline)
     layouts = {d.name: d.layout for d in DERIVED}
     previous = {} if full else last_successes(warehouse, settings, chosen, layouts, until, deadline)
@@ -85,7 +89,7 @@ def run_sync(
                 error=result.error,
             )
     record(warehouse, settings, run_id, results, deadline)
-    return {"run_id": run_id, "spaces": [_space(slug, results) for slug in chosen]}
+    return {"run_id": run_id, "forget": forgets, "spaces": [_space(slug, results) for slug in chosen]}
 
 
 def _space(slug: str, results: list[TableResult]) -> dict[str, Any]:

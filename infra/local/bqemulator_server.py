@@ -21,11 +21,18 @@
    the whole emulator deadlocked (REST and gRPC hung for good; measured 2026-11-29 with the
    storage_write integration tests, which poll while the function appends). Here the append runs on a
    cursor of its own (DuckDB's thread-safe way: another connection to the same database).
+7. bqemulator answers tables.insert into a dataset that does not exist with HTTP 500 (DuckDB: "Schema
+   ... does not exist"), which a client retries as transient; BigQuery answers 404 "Not found:
+   Dataset", which the functions read as "create the dataset first" (they create a space dataset only
+   then, so that a caller without bigquery.datasets.create never needs it). Here such a request gets
+   BigQuery's 404.
 
 Also, for the benchmark (tests/bench): write requests are counted on the server side, and
-`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m}`: POSTs that reached the
-tabledata.insertAll route, and AppendRowsRequests received on Storage Write API streams (one request
-is one write, however many rows it carries). Local tooling only; real BigQuery has no such route.
+`GET /_personas/counters` answers `{"insertAll": n, "appendRows": m, "appendRowsConnections": c,
+"appendRowsConnectionsByStream": {stream: c}}`: POSTs that reached the tabledata.insertAll route,
+AppendRowsRequests received on Storage Write API streams (one request is one write, however many rows it
+carries), and AppendRows connections opened (in all, and per stream named by their first request). Local
+tooling only; real BigQuery has no such route.
 """
 
 from __future__ import annotations
@@ -120,7 +127,8 @@ def _with_view_query(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any
     return table_to_rest
 
 
-COUNTERS = {"insertAll": 0, "appendRows": 0}
+COUNTERS = {"insertAll": 0, "appendRows": 0, "appendRowsConnections": 0}
+BY_STREAM: dict[str, int] = {}  # AppendRows connections per write stream
 _COUNTERS_LOCK = threading.Lock()  # REST runs on the event loop, gRPC on a thread pool
 
 
@@ -129,21 +137,36 @@ def _count(name: str) -> None:
         COUNTERS[name] += 1
 
 
-class _CountingMiddleware:
-    """Plain ASGI (no per-request task, unlike BaseHTTPMiddleware): counts POST .../insertAll and answers
-    GET /_personas/counters itself."""
+_TABLES_INSERT = re.compile(r"^/bigquery/v2/projects/([^/]+)/datasets/([^/]+)/tables/?$")
 
-    def __init__(self, app: Any) -> None:
+
+async def _answer(send: Any, status: int, body: dict[str, Any]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+class _CountingMiddleware:
+    """Plain ASGI (no per-request task, unlike BaseHTTPMiddleware): counts POST .../insertAll, answers
+    GET /_personas/counters itself, and 404 to a table insert into a missing dataset (7 above)."""
+
+    def __init__(self, app: Any, context: Any = None) -> None:
         self.app = app
+        self.context = context
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
+            missing = _TABLES_INSERT.match(path) if scope["method"] == "POST" and self.context is not None else None
+            if missing and self.context.catalog.get_dataset(missing[1], missing[2]) is None:
+                message = f"Not found: Dataset {missing[1]}:{missing[2]}"
+                error = {"code": 404, "message": message, "status": "NOT_FOUND"}
+                await _answer(send, 404, {"error": {**error, "errors": [{"reason": "notFound", "message": message}]}})
+                return
             if scope["method"] == "POST" and path.endswith("/insertAll"):
                 _count("insertAll")
             elif scope["method"] == "GET" and path == "/_personas/counters":
                 with _COUNTERS_LOCK:
-                    body = json.dumps(COUNTERS).encode()
+                    body = json.dumps({**COUNTERS, "appendRowsConnectionsByStream": BY_STREAM}).encode()
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
                 )
@@ -155,7 +178,7 @@ class _CountingMiddleware:
 def _with_counters(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def create_app(context: Any) -> Any:
         app = original(context)
-        app.add_middleware(_CountingMiddleware)  # the outermost: it sees every request
+        app.add_middleware(_CountingMiddleware, context=context)  # the outermost: it sees every request
         return app
 
     return create_app
@@ -163,9 +186,19 @@ def _with_counters(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _counting_appends(original: Callable[..., Iterator[bytes]]) -> Callable[..., Iterator[bytes]]:
     def handle_append_rows(self: Any, request_iterator: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        _count("appendRowsConnections")  # one call of the handler per AppendRows connection
+
         def counted() -> Iterator[bytes]:
+            first = True
             for request in request_iterator:
                 _count("appendRows")
+                if first:  # the connection's table, from its first request's stream name
+                    from google.cloud.bigquery_storage_v1 import types
+
+                    stream = types.AppendRowsRequest.deserialize(request).write_stream
+                    with _COUNTERS_LOCK:
+                        BY_STREAM[stream] = BY_STREAM.get(stream, 0) + 1
+                    first = False
                 yield request
 
         return original(self, counted(), context)

@@ -213,6 +213,7 @@ def publish(items: list[Published], config: StackConfig, ids_path: Path) -> floa
 
     publisher = config.publisher(batch_settings=BATCH_SETTINGS)
     topic = publisher.topic_path(config.project, config.topic)
+    published_after = datetime.now(UTC)
     start = time.monotonic()
     try:
         futures: list[Future[str]] = [publisher.publish(topic, item.data, space=item.space) for item in items]
@@ -222,7 +223,7 @@ def publish(items: list[Published], config: StackConfig, ids_path: Path) -> floa
     seconds = time.monotonic() - start
     with open(ids_path, "w", encoding="utf-8") as out:
         for item, pubsub_id in zip(items, ids, strict=True):
-            out.write(ids_line(pubsub_id, [item.call_id], item.space))
+            out.write(ids_line(pubsub_id, [item.call_id], item.space, published_after))
     return seconds
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from infra.ops.queries import Param, Query, SpaceTable
+from infra.ops.queries import Query, SpaceTable
 from personas_warehouse import naming
 from personas_warehouse.sql import DATASET, PROJECT, UnsafeIdentifier
 from schemas.tables import spec
@@ -50,12 +50,9 @@ class Warehouse:
     def run(self, query: Query) -> list[dict[str, Any]]:
         from google.cloud import bigquery
 
-        def param(p: Param) -> Any:
-            if isinstance(p.value, list):
-                return bigquery.ArrayQueryParameter(p.name, p.type, p.value)
-            return bigquery.ScalarQueryParameter(p.name, p.type, p.value)
+        from personas_warehouse.bigquery import query_parameters
 
-        config = bigquery.QueryJobConfig(query_parameters=[param(p) for p in query.params])
+        config = bigquery.QueryJobConfig(query_parameters=query_parameters(query.params))
         return [dict(row) for row in self.client.query(query.sql, job_config=config, project=self.project).result()]
 
     def space_tables(self) -> dict[str, frozenset[str]]:

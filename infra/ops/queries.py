@@ -6,6 +6,14 @@ it answers, so a fake runner in the unit tests can answer it from memory.
 
 "Few queries": the per-space questions are one query across all spaces (UNION ALL of the space
 datasets, each part tagged with its space as a parameter), not one query per space.
+
+"Bounded scans": reconcile's queries filter every table on its partition column (tables.json:
+`identifies` by `loaded_at`, `tracks` by `received_at`, `rejected_messages` by `received_at`) from a
+lower bound `@since`, so BigQuery prunes the partitions before it (it bills by the partitions a query
+reads: https://cloud.google.com/bigquery/docs/querying-partitioned-tables). Each such column is never
+earlier than the publish time of the message the row came from (the function writes after Pub/Sub
+accepted the message; a replay's received_at is its original's publish time), so a bound taken from the
+publish times loses nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from personas_warehouse.sql import table
+from personas_warehouse.sql import Param, table
+from schemas.tables import spec
 
 RAW_TABLES = ("identifies", "tracks")  # every call has exactly one row in one of them
 CHUNK = 10_000  # ids per query parameter array: well under BigQuery's 1 MB of parameters
@@ -23,13 +32,6 @@ SYNC_OK = ("success", "partial")  # the statuses whose watermark the sync itself
 # A call refused before routing (bad JSON, schema violation) has no `space`; its `space` attribute says
 # where it was going. A constant expression, no value in it.
 REJECTED_SPACE = "COALESCE(space, JSON_VALUE(attributes, '$.space'))"
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str  # STRING, INT64, TIMESTAMP; a list value makes an ARRAY<type> parameter
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -55,49 +57,69 @@ def chunks(items: Sequence[str], size: int = CHUNK) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def _union(project: str, tables: Sequence[SpaceTable], select: str, where: str) -> tuple[str, list[Param]]:
-    """`SELECT @sN AS space, <select> FROM <table> WHERE <where>` for each table, joined by UNION ALL."""
+def partition_field(kind: str) -> str:
+    """The column a table of this kind is partitioned on (tables.json)."""
+    field = spec(kind).partition_field
+    if field is None:
+        raise ValueError(f"{kind} is not time-partitioned: a scan of it cannot be bounded by time")
+    return field
+
+
+def _union(
+    project: str, tables: Sequence[SpaceTable], select: str, where: str, *, bounded: bool = False
+) -> tuple[str, list[Param]]:
+    """`SELECT @sN AS space, <select> FROM <table> WHERE <where>` for each table, joined by UNION ALL;
+    `bounded`: each part also reads only its partitions from `@since` on."""
     spaces = sorted({t.space for t in tables})
     names = {space: f"s{i}" for i, space in enumerate(spaces)}
-    parts = [
-        f"SELECT @{names[t.space]} AS space, {select} FROM {table(project, t.dataset, t.table)} WHERE {where}"
-        for t in tables
-    ]
+    parts = []
+    for t in tables:
+        bound = f" AND {partition_field(t.table)} >= @since" if bounded else ""
+        source = table(project, t.dataset, t.table)
+        parts.append(f"SELECT @{names[t.space]} AS space, {select} FROM {source} WHERE {where}{bound}")
     return "\nUNION ALL\n".join(parts), [Param(names[s], "STRING", s) for s in spaces]
 
 
-def raw_id_counts(project: str, tables: Sequence[SpaceTable], ids: Sequence[str]) -> Query:
-    """How many raw rows each of `ids` has, per space (more than one: duplicates the views remove)."""
-    union, params = _union(project, tables, "id", "id IN UNNEST(@ids)")
+def raw_id_counts(project: str, tables: Sequence[SpaceTable], ids: Sequence[str], since: datetime) -> Query:
+    """How many raw rows each of `ids` has, per space (more than one: duplicates the views remove), in the
+    partitions from `since` on."""
+    union, params = _union(project, tables, "id", "id IN UNNEST(@ids)", bounded=True)
     sql = f"SELECT space, id, COUNT(*) AS n FROM (\n{union}\n) GROUP BY space, id"
-    return Query("raw_id_counts", sql, (*params, Param("ids", "STRING", list(ids))))
+    return Query("raw_id_counts", sql, (*params, Param("ids", "STRING", list(ids)), Param("since", "TIMESTAMP", since)))
 
 
-def rejections_by_message(project: str, ops_dataset: str, message_ids: Sequence[str]) -> Query:
-    """Rejections of these Pub/Sub messages (a message redelivered may have been recorded twice)."""
+def rejections_by_message(project: str, ops_dataset: str, message_ids: Sequence[str], since: datetime) -> Query:
+    """Rejections of these Pub/Sub messages recorded from `since` on (a message redelivered may have been
+    recorded twice)."""
     sql = (
         f"SELECT DISTINCT message_id, call_index, {REJECTED_SPACE} AS space, error_class "
-        f"FROM {table(project, ops_dataset, 'rejected_messages')} WHERE message_id IN UNNEST(@ids)"
+        f"FROM {table(project, ops_dataset, 'rejected_messages')} "
+        "WHERE message_id IN UNNEST(@ids) AND received_at >= @since"
     )
-    return Query("rejections_by_message", sql, (Param("ids", "STRING", list(message_ids)),))
+    params = (Param("ids", "STRING", list(message_ids)), Param("since", "TIMESTAMP", since))
+    return Query("rejections_by_message", sql, params)
 
 
-def raw_window(project: str, tables: Sequence[SpaceTable], start: datetime, end: datetime) -> Query:
-    """Rows and distinct calls per space received in [start, end)."""
-    union, params = _union(project, tables, "id", "received_at >= @start AND received_at < @end")
-    sql = f"SELECT space, COUNT(*) AS rows, COUNT(DISTINCT id) AS calls FROM (\n{union}\n) GROUP BY space"
-    return Query("raw_window", sql, (*params, Param("start", "TIMESTAMP", start), Param("end", "TIMESTAMP", end)))
+def raw_window(project: str, tables: Sequence[SpaceTable], start: datetime, end: datetime, since: datetime) -> Query:
+    """Rows and distinct calls per space received in [start, end), read from the partitions from `since` (at
+    most `start`) on. `n_rows`, not `rows`: ROWS is a reserved keyword of GoogleSQL."""
+    union, params = _union(project, tables, "id", "received_at >= @start AND received_at < @end", bounded=True)
+    sql = f"SELECT space, COUNT(*) AS n_rows, COUNT(DISTINCT id) AS calls FROM (\n{union}\n) GROUP BY space"
+    bounds = (Param("start", "TIMESTAMP", start), Param("end", "TIMESTAMP", end), Param("since", "TIMESTAMP", since))
+    return Query("raw_window", sql, (*params, *bounds))
 
 
-def rejections_window(project: str, ops_dataset: str, start: datetime, end: datetime) -> Query:
-    """Distinct rejected calls per space and class published in [start, end)."""
+def rejections_window(project: str, ops_dataset: str, start: datetime, end: datetime, since: datetime) -> Query:
+    """Distinct rejected calls per space and class published in [start, end), read from the partitions from
+    `since` (at most `start`) on."""
     sql = (
         "SELECT space, error_class, COUNT(*) AS n FROM ("
         f"SELECT DISTINCT message_id, call_index, {REJECTED_SPACE} AS space, error_class "
         f"FROM {table(project, ops_dataset, 'rejected_messages')} "
-        "WHERE publish_time >= @start AND publish_time < @end) GROUP BY space, error_class"
+        "WHERE publish_time >= @start AND publish_time < @end AND received_at >= @since) GROUP BY space, error_class"
     )
-    return Query("rejections_window", sql, (Param("start", "TIMESTAMP", start), Param("end", "TIMESTAMP", end)))
+    bounds = (Param("start", "TIMESTAMP", start), Param("end", "TIMESTAMP", end), Param("since", "TIMESTAMP", since))
+    return Query("rejections_window", sql, bounds)
 
 
 def rejections_since(project: str, ops_dataset: str, since: datetime) -> Query:
@@ -109,19 +131,31 @@ def rejections_since(project: str, ops_dataset: str, since: datetime) -> Query:
     return Query("rejections_since", sql, (Param("since", "TIMESTAMP", since),))
 
 
-def last_syncs(project: str, ops_dataset: str) -> Query:
-    """Per space: the newest run (and its status) and the newest successful one with its watermark."""
+def last_syncs(project: str, ops_dataset: str, since: datetime) -> Query:
+    """Per space and derived table: the newest run (and its status) and the newest successful one with its
+    watermark, among the runs started from `since` on (sync_history is partitioned by started_at; a row
+    from before the history named its table is `users`)."""
     history = table(project, ops_dataset, "sync_history")
+    runs = f"SELECT space, COALESCE(table_name, 'users') AS name, * EXCEPT (space, table_name) FROM {history}"
     sql = (
-        "SELECT a.space AS space, a.last_success AS last_success, a.watermark_to AS watermark_to, "
-        "b.started_at AS last_run, b.status AS last_status FROM ("
-        "SELECT space, MAX(IF(status IN UNNEST(@ok), finished_at, NULL)) AS last_success, "
-        f"MAX(IF(status IN UNNEST(@ok), watermark_to, NULL)) AS watermark_to FROM {history} GROUP BY space) a "
-        "JOIN (SELECT space, started_at, status FROM (SELECT space, started_at, status, "
-        f"ROW_NUMBER() OVER (PARTITION BY space ORDER BY started_at DESC) AS r FROM {history}) WHERE r = 1) b "
-        "ON a.space = b.space"
+        "SELECT a.space AS space, a.name AS table_name, a.last_success AS last_success, "
+        "a.watermark_to AS watermark_to, b.started_at AS last_run, b.status AS last_status FROM ("
+        "SELECT space, name, MAX(IF(status IN UNNEST(@ok), finished_at, NULL)) AS last_success, "
+        f"MAX(IF(status IN UNNEST(@ok), watermark_to, NULL)) AS watermark_to FROM ({runs}) "
+        "WHERE started_at >= @since GROUP BY space, name) a "
+        "JOIN (SELECT space, name, started_at, status FROM (SELECT space, name, started_at, status, "
+        f"ROW_NUMBER() OVER (PARTITION BY space, name ORDER BY started_at DESC) AS r FROM ({runs}) "
+        "WHERE started_at >= @since) WHERE r = 1) b ON a.space = b.space AND a.name = b.name"
     )
-    return Query("last_syncs", sql, (Param("ok", "STRING", list(SYNC_OK)),))
+    return Query("last_syncs", sql, (Param("ok", "STRING", list(SYNC_OK)), Param("since", "TIMESTAMP", since)))
+
+
+def duplicate_keys(project: str, tables: Sequence[SpaceTable]) -> Query:
+    """Per space: rows of users_state and distinct user ids in it (one row per id is the sync's invariant:
+    any difference is a bug to report). Reads the id column of the whole table."""
+    union, params = _union(project, tables, "id", "TRUE")
+    sql = f"SELECT space, COUNT(*) AS n_rows, COUNT(DISTINCT id) AS ids FROM (\n{union}\n) GROUP BY space"
+    return Query("duplicate_keys", sql, tuple(params))
 
 
 def rows_written(project: str, tables: Sequence[SpaceTable], hour: datetime, day: datetime) -> Query:

@@ -5,13 +5,17 @@
         [--dead-letter-subscription personas-calls-dead-letter] [--json]
 
 Ids mode reads what `python -m infra.publish --ids-file` wrote, one JSON object per published message:
-`{"pubsub_id": ..., "call_ids": [...], "space": ...}`. A call is accounted for when its id (the call's
-messageId) has a row in `identifies` or `tracks` of a space, or when its Pub/Sub message (whole, or this
-call of a batch) is in `rejected_messages`; else it is missing. A plain-text line is one call id (it can
-only be found as a row). Lookups are batched: one query per 10,000 ids, never one per id.
+`{"pubsub_id": ..., "call_ids": [...], "space": ..., "published_after": ...}`. A call is accounted for
+when its id (the call's messageId) has a row in `identifies` or `tracks` of a space, or when its Pub/Sub
+message (whole, or this call of a batch) is in `rejected_messages`; else it is missing. A plain-text line
+is one call id (it can only be found as a row). Lookups are batched: one query per 10,000 ids, never one
+per id. Each query reads only the partitions from the earliest `published_after` (the publisher's clock
+before it published) less CLOCK_MARGIN on, never the tables' whole history; an ids file without those
+times (plain lines, older files) needs `--since T`.
 
 Window mode counts per space the calls received in [from, to) (distinct ids in the raw tables) and the
-rejections published then; what it can call missing is what sits in the dead-letter subscription.
+rejections published then, reading the partitions from `from` less CLOCK_MARGIN on; what it can call
+missing is what sits in the dead-letter subscription.
 
 Both report duplicate rows (rows sharing an id, which the `_view`s remove). Exit status: 0 nothing
 missing; 1 something missing; 2 bad usage or unreadable input.
@@ -25,7 +29,7 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +38,31 @@ from infra.ops.common import Reader, Subscriber
 
 UNKNOWN_SPACE = "?"
 SHOWN_MISSING = 10
+# How far a publisher's clock (the ids file's published_after) or a function's (loaded_at) may be off
+# Pub/Sub's (publish time, received_at) and a row still be found: partitions are days, so an hour costs
+# at most one more partition read.
+CLOCK_MARGIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
 class Call:
-    """One published call: the Pub/Sub message it travelled in, its position there, its messageId."""
+    """One published call: the Pub/Sub message it travelled in, its position there, its messageId, and
+    the publisher's clock before it published that message (a lower bound of its publish time)."""
 
     pubsub_id: str | None
     index: int
     call_id: str | None
     space: str | None
+    published_after: datetime | None = None
+
+
+def lower_bound(calls: Iterable[Call]) -> datetime:
+    """Where the scans of these calls' rows may start: the earliest publish, less CLOCK_MARGIN. Raises
+    ValueError when a call's publish time is unknown (then the caller must give one)."""
+    times = [c.published_after for c in calls]
+    if any(t is None for t in times):
+        raise ValueError("the ids file does not say when every message was published; give --since T")
+    return min((t for t in times if t is not None), default=common.now_utc()) - CLOCK_MARGIN
 
 
 @dataclass
@@ -121,17 +140,23 @@ def read_ids(lines: Iterable[str]) -> list[Call]:
                 raise TypeError("pubsub_id must be a string and call_ids a list")
             if space is not None and not isinstance(space, str):
                 raise TypeError("space must be a string")
-        except (ValueError, KeyError, TypeError) as exc:
+            published = entry.get("published_after")
+            published_after = None if published is None else common.parse_time(published)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"line {number}: not an ids-file entry ({exc})") from None
         for index, call_id in enumerate(call_ids or [None]):
-            calls.append(Call(pubsub_id, index, call_id if isinstance(call_id, str) else None, space))
+            calls.append(Call(pubsub_id, index, call_id if isinstance(call_id, str) else None, space, published_after))
     return calls
 
 
 # --- ids mode ---------------------------------------------------------------------------------------------
 
 
-def reconcile_ids(reader: Reader, calls: Sequence[Call], chunk: int = queries.CHUNK) -> Report:
+def reconcile_ids(
+    reader: Reader, calls: Sequence[Call], *, since: datetime | None = None, chunk: int = queries.CHUNK
+) -> Report:
+    """`since`: read the partitions from then on; default: `lower_bound(calls)` (ValueError if unknown)."""
+    bound = since if since is not None else lower_bound(calls)
     catalog = reader.space_tables()
     known = {c.space for c in calls}
     spaces = None if None in known else known  # a call without a space attribute may be in any space
@@ -141,14 +166,15 @@ def reconcile_ids(reader: Reader, calls: Sequence[Call], chunk: int = queries.CH
     call_ids = sorted({c.call_id for c in calls if c.call_id is not None})
     if tables:
         for part in queries.chunks(call_ids, chunk):
-            for row in reader.run(queries.raw_id_counts(reader.project, tables, part)):
+            for row in reader.run(queries.raw_id_counts(reader.project, tables, part, bound)):
                 found[row["id"]][row["space"]] += int(row["n"])
 
     rejections: dict[str, list[dict[str, Any]]] = defaultdict(list)
     message_ids = sorted({c.pubsub_id for c in calls if c.pubsub_id is not None})
     if message_ids and "rejected_messages" in reader.ops_tables():
         for part in queries.chunks(message_ids, chunk):
-            for row in reader.run(queries.rejections_by_message(reader.project, reader.ops_dataset, part)):
+            query = queries.rejections_by_message(reader.project, reader.ops_dataset, part, bound)
+            for row in reader.run(query):
                 rejections[row["message_id"]].append(row)
 
     report = Report("ids")
@@ -192,15 +218,16 @@ def reconcile_window(
     dead_letter_subscription: str | None = None,
 ) -> Report:
     report = Report("window", window=(start, end))
+    since = start - CLOCK_MARGIN
     tables = common.raw_tables(reader.space_tables(), queries.RAW_TABLES)
     if tables:
-        for row in reader.run(queries.raw_window(reader.project, tables, start, end)):
+        for row in reader.run(queries.raw_window(reader.project, tables, start, end, since)):
             entry = report.space(row["space"])
             entry.rows += int(row["calls"])
             entry.calls += int(row["calls"])
-            entry.duplicate_rows += int(row["rows"]) - int(row["calls"])
+            entry.duplicate_rows += int(row["n_rows"]) - int(row["calls"])
     if "rejected_messages" in reader.ops_tables():
-        for row in reader.run(queries.rejections_window(reader.project, reader.ops_dataset, start, end)):
+        for row in reader.run(queries.rejections_window(reader.project, reader.ops_dataset, start, end, since)):
             entry = report.space(row["space"] or UNKNOWN_SPACE)
             entry.rejected[row["error_class"]] += int(row["n"])
             entry.calls += int(row["n"])
@@ -257,6 +284,12 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--from", dest="start", type=common.time_arg, metavar="T", help="window start (inclusive)")
     parser.add_argument("--to", dest="end", type=common.time_arg, metavar="T", help="window end (exclusive)")
     parser.add_argument(
+        "--since",
+        type=common.time_arg,
+        metavar="T",
+        help="ids mode: every message was published after T (default: the ids file's published_after times)",
+    )
+    parser.add_argument(
         "--dead-letter-subscription",
         metavar="SUB",
         help="window mode: count messages waiting here as missing (peeked, never acked)",
@@ -275,15 +308,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--from must be before --to")
     if args.ids_file and args.dead_letter_subscription:
         parser.error("--dead-letter-subscription is for window mode")
-    reader = common.make_warehouse(args.project, args.ops_dataset)
+    if args.since is not None and not args.ids_file:
+        parser.error("--since is for ids mode (a window starts at --from)")
     if args.ids_file:
         try:
             calls = read_ids(Path(args.ids_file).read_text(encoding="utf-8").splitlines())
+            since = args.since if args.since is not None else lower_bound(calls)
         except (OSError, ValueError) as exc:
             print(f"reconcile: {args.ids_file}: {exc}", file=sys.stderr)
             return 2
-        report = reconcile_ids(reader, calls)
+        report = reconcile_ids(common.make_warehouse(args.project, args.ops_dataset), calls, since=since)
     else:
+        reader = common.make_warehouse(args.project, args.ops_dataset)
         subscriber = common.make_subscriber() if args.dead_letter_subscription else None
         subscription = (
             common.subscription_path(args.project, args.dead_letter_subscription)

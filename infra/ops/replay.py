@@ -4,14 +4,19 @@
         [--from T --to T] [--dead-letter-subscription SUB] [--dry-run]
 
 Rejected calls come from `rejected_messages` (every filter given must match). A rejected call of a batch
-is republished alone, in its envelope (`{"batch": [that call], ...}` keeps the envelope's shared fields),
-so the calls of the batch that were written are not written again. A rejection whose stored data was cut
+is republished alone, in its envelope: ingest stores it as `{"batch": [that call], "sentAt": ...,
+"context": ...}` (the envelope fields it applied to the call), so the replay routes by the envelope's
+`context.personas.space_id` and derives the event time from its `sentAt` as the original delivery did,
+and the calls of the batch that were written are not written again. A rejection whose stored data was cut
 (`data_truncated`) is refused: what is left is not the message; republish it from its source. Dead
 letters are pulled from the dead-letter subscription and acked only after their republish succeeded
 (and was recorded); the ones that do not match the filters are handed back untouched.
 
-Every republished message carries `replay_of=<original message id>` and the original attributes
-(`space` included). Each replay is a row of `<ops dataset>.replays` (created on first use), and a call
+Every republished message carries the original attributes (`space` included), `replay_of=<original
+message id>` and `original_publish_time=<its publish time>` (kept from the first original through replays
+of replays): ingest then gives the calls the original's received_at, so a replayed call lands as the
+original delivery would have written it (same space, received_at, timestamp and day partition); only
+`loaded_at` says when it was written. Each replay is a row of `<ops dataset>.replays` (created on first use), and a call
 already replayed (outcome `published`) is skipped: running the command twice replays nothing twice.
 What became of a replay: join `replays.new_message_id` to `rejected_messages.message_id` (refused
 again), else its rows carry the call's own id as before. A replay refused again is not replayed by the
@@ -35,11 +40,11 @@ from tqdm import tqdm
 
 from infra.ops import common, queries
 from infra.ops.common import Pulled, Reader, Subscriber
+from personas_warehouse.messages import ORIGINAL_PUBLISH_TIME, REPLAY_OF
 
 REPLAYS = "replays"
 REJECTED, DEAD_LETTER = "rejected", "dead_letter"
 PUBLISHED, PUBLISH_FAILED = "published", "publish_failed"
-REPLAY_OF = "replay_of"
 PUBLISH_TIMEOUT = 60.0
 
 
@@ -86,6 +91,7 @@ class Candidate:
     attributes: dict[str, str]
     refusal: str | None = None
     ack_id: str | None = None
+    published: datetime | None = None  # when the original was published (becomes the calls' received_at)
 
     def label(self) -> str:
         where = "" if self.call_index is None else f" call {self.call_index}"
@@ -132,7 +138,10 @@ class Summary:
 
 
 def replay_payload(data: str, call_index: int | None) -> bytes:
-    """The bytes to publish: the stored data, or for one call of a batch, the envelope with only it."""
+    """The bytes to publish: the stored data. A refused call of a batch is stored alone in its envelope
+    (`{"batch": [call], ...}`), published as is; rows stored by older versions held the whole envelope
+    (the call is cut out of it, with the envelope's other fields) or the bare call (published as is: its
+    envelope's fields were not kept)."""
     raw = data.encode("utf-8")
     if call_index is None:
         return raw
@@ -140,15 +149,19 @@ def replay_payload(data: str, call_index: int | None) -> bytes:
         doc = json.loads(data)
     except ValueError:
         return raw
-    if isinstance(doc, dict) and isinstance(doc.get("batch"), list) and 0 <= call_index < len(doc["batch"]):
-        alone = {**doc, "batch": [doc["batch"][call_index]]}
+    batch = doc.get("batch") if isinstance(doc, dict) else None
+    if isinstance(batch, list) and len(batch) > 1 and 0 <= call_index < len(batch):
+        alone = {**doc, "batch": [batch[call_index]]}
         return json.dumps(alone, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return raw
 
 
-def replay_attributes(original: dict[str, str], message_id: str) -> dict[str, str]:
-    """The original attributes (space included) minus Pub/Sub's dead-letter bookkeeping, plus replay_of."""
+def replay_attributes(original: dict[str, str], message_id: str, published: datetime | None) -> dict[str, str]:
+    """The original attributes (space included) minus Pub/Sub's dead-letter bookkeeping, plus replay_of and
+    original_publish_time (the first original's, when this replays a replay)."""
     kept = {k: v for k, v in original.items() if not k.startswith("CloudPubSubDeadLetter") and k != REPLAY_OF}
+    if ORIGINAL_PUBLISH_TIME not in kept and published is not None:
+        kept[ORIGINAL_PUBLISH_TIME] = common.iso(published) or ""
     return {**kept, REPLAY_OF: message_id}
 
 
@@ -166,7 +179,15 @@ def _candidate_from_rejection(row: dict[str, Any]) -> Candidate:
         refusal = "no data was stored"
     data = None if refusal else replay_payload(row["data"], row["call_index"])
     return Candidate(
-        REJECTED, row["message_id"], row["call_index"], row["space"], row["error_class"], data, attributes, refusal
+        REJECTED,
+        row["message_id"],
+        row["call_index"],
+        row["space"],
+        row["error_class"],
+        data,
+        attributes,
+        refusal,
+        published=row["publish_time"],
     )
 
 
@@ -184,9 +205,8 @@ def _publish(publisher: Publisher, topic: str, candidate: Candidate) -> tuple[st
     """(new message id, None) or (None, error)."""
     assert candidate.data is not None
     try:
-        future = publisher.publish(
-            topic, candidate.data, **replay_attributes(candidate.attributes, candidate.message_id)
-        )
+        attributes = replay_attributes(candidate.attributes, candidate.message_id, candidate.published)
+        future = publisher.publish(topic, candidate.data, **attributes)
         return str(future.result(timeout=PUBLISH_TIMEOUT)), None
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
@@ -312,6 +332,7 @@ def replay_dead_letters(
                     message.data,
                     message.attributes,
                     ack_id=message.ack_id,
+                    published=common.original_publish_time(message),
                 )
                 if not filters.matches_dead_letter(message):
                     give_back.append(message.ack_id)

@@ -1,10 +1,10 @@
-"""The pipeline's health on one screen, per space: last successful users sync and how far `users` lags,
-raw rows written in the last hour and day, rejections by class and the most discarded columns over the
-last 24 hours, and the dead-letter backlog.
+"""The pipeline's health on one screen, per space: last successful sync of each derived table and how far
+`users` lags, raw rows written in the last hour and day, rejections by class and the most discarded
+columns over the last 24 hours, users_state's duplicate ids (expected 0), and the dead-letter backlog.
 
     python -m infra.ops.status [--dead-letter-subscription SUB] [--json]
 
-Five queries whatever the number of spaces (each one UNION ALL across the space datasets, which are
+Six queries whatever the number of spaces (each one UNION ALL across the space datasets, which are
 listed through the API: bqemulator has no INFORMATION_SCHEMA). The backlog is counted by pulling the
 dead-letter subscription without acking (every message is handed back); without the flag it is
 "unknown". On real Pub/Sub, Cloud Monitoring's num_undelivered_messages says the same without pulling.
@@ -24,6 +24,7 @@ from infra.ops import common, queries
 from infra.ops.common import Reader, Subscriber
 
 TOP_DISCARDS = 5
+HISTORY = timedelta(days=30)  # how far back the last sync of a table is looked for (history by day)
 UNROUTED = "?"  # rejections that happened before a space was known (bad JSON, bad envelope)
 
 
@@ -46,12 +47,24 @@ def collect(
         return spaces.setdefault(name, collect_empty(name))
 
     if "sync_history" in ops:
-        for row in reader.run(queries.last_syncs(reader.project, reader.ops_dataset)):
+        for row in reader.run(queries.last_syncs(reader.project, reader.ops_dataset, at - HISTORY)):
+            lag = None if row["watermark_to"] is None else max(0, int((at - row["watermark_to"]).total_seconds()))
+            kept = {
+                "last_success": row["last_success"],
+                "watermark_to": row["watermark_to"],
+                "lag_seconds": lag,
+                "last_run": row["last_run"],
+                "last_status": row["last_status"],
+            }
             e = entry(row["space"])
-            e["last_success"], e["watermark_to"] = row["last_success"], row["watermark_to"]
-            e["last_run"], e["last_status"] = row["last_run"], row["last_status"]
-            if row["watermark_to"] is not None:
-                e["users_lag_seconds"] = max(0, int((at - row["watermark_to"]).total_seconds()))
+            e["tables"][row["table_name"]] = kept
+            if row["table_name"] == "users":
+                e["last_success"], e["watermark_to"] = kept["last_success"], kept["watermark_to"]
+                e["last_run"], e["last_status"], e["users_lag_seconds"] = kept["last_run"], kept["last_status"], lag
+    states = common.raw_tables(catalog, ("users_state",))
+    if states:
+        for row in reader.run(queries.duplicate_keys(reader.project, states)):
+            entry(row["space"])["duplicate_user_ids"] = int(row["n_rows"]) - int(row["ids"])
     raw = common.raw_tables(catalog, queries.RAW_TABLES)
     if raw:
         for row in reader.run(queries.rows_written(reader.project, raw, hour, day)):
@@ -81,8 +94,9 @@ def collect(
     out_spaces = []
     for name in sorted(spaces):
         e = dict(spaces[name])
-        for key in ("last_success", "watermark_to", "last_run"):
-            e[key] = common.iso(e[key])
+        for kept in [e, *e["tables"].values()]:
+            for key in ("last_success", "watermark_to", "last_run"):
+                kept[key] = common.iso(kept[key])
         out_spaces.append(e)
     return {"generated_at": common.iso(at), "project": reader.project, "spaces": out_spaces, "dead_letter": dead_letter}
 
@@ -99,6 +113,8 @@ def collect_empty(space: str) -> dict[str, Any]:
         "rows_last_day": 0,
         "rejections_24h": {},
         "top_discards_24h": [],
+        "duplicate_user_ids": None,  # rows of users_state less distinct ids: expected 0
+        "tables": {},  # derived table -> its last run and last success, as for users above
     }
 
 
@@ -130,10 +146,22 @@ def render(data: dict[str, Any]) -> str:
                 s["rows_last_hour"],
                 s["rows_last_day"],
                 sum(s["rejections_24h"].values()),
+                "-" if s["duplicate_user_ids"] is None else s["duplicate_user_ids"],
             ]
         )
-    headers = ["space", "last ok sync (UTC)", "last run", "users lag", "rows 1h", "rows 24h", "rejected 24h"]
+    headers = ["space", "last ok sync (UTC)", "last run", "users lag", "rows 1h", "rows 24h", "rejected 24h", "dup ids"]
     lines.append(common.render_table(headers, rows) if rows else "no spaces yet")
+    for s in data["spaces"]:
+        others = {name: kept for name, kept in s["tables"].items() if name != "users"}
+        if others:
+            lags = ", ".join(
+                f"{name} {kept['last_status']} lag {duration(kept['lag_seconds'])}" for name, kept in others.items()
+            )
+            lines.append(f"derived       {s['space']}: {lags}")
+        if s["duplicate_user_ids"]:
+            lines.append(
+                f"DUPLICATES    {s['space']}: users_state holds {s['duplicate_user_ids']} extra rows (expected 0)"
+            )
     for s in data["spaces"]:
         if s["rejections_24h"]:
             classes = ", ".join(f"{k} {v}" for k, v in s["rejections_24h"].items())

@@ -53,11 +53,24 @@ resource "google_cloudfunctions2_function" "ingest" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     environment_variables            = local.ingest_env
+
+    # FORGET_HASH_KEY from Secret Manager (var.forget_hash_key_secret): never in Terraform state or the plan.
+    dynamic "secret_environment_variables" {
+      for_each = var.forget_hash_key_secret == null ? [] : [var.forget_hash_key_secret]
+      content {
+        key        = "FORGET_HASH_KEY"
+        project_id = var.project
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
+    }
   }
 
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.ingest,
+    google_secret_manager_secret_iam_member.functions_read_forget_key,
+    google_bigquery_dataset_access.ops_writers,
     google_project_iam_member.build,
     google_project_iam_member.build_reads_function_sources,
     google_storage_bucket_iam_member.build_reads_source,
@@ -98,11 +111,24 @@ resource "google_cloudfunctions2_function" "sync" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     environment_variables            = local.function_env
+
+    # FORGET_HASH_KEY from Secret Manager (var.forget_hash_key_secret): never in Terraform state or the plan.
+    dynamic "secret_environment_variables" {
+      for_each = var.forget_hash_key_secret == null ? [] : [var.forget_hash_key_secret]
+      content {
+        key        = "FORGET_HASH_KEY"
+        project_id = var.project
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
+    }
   }
 
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.sync,
+    google_secret_manager_secret_iam_member.functions_read_forget_key,
+    google_bigquery_dataset_access.ops_writers,
     google_project_iam_member.build,
     google_project_iam_member.build_reads_function_sources,
     google_storage_bucket_iam_member.build_reads_source,

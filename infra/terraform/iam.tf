@@ -39,25 +39,54 @@ resource "google_service_account" "build" {
   depends_on = [google_project_service.apis]
 }
 
-# Ingest creates one dataset per space at run time (and its tables and new columns) and streams
-# rows: dataEditor must be held on the project, since the datasets do not exist beforehand. It
-# runs no queries, so no jobUser.
-resource "google_project_iam_member" "ingest" {
-  for_each = toset(["roles/bigquery.dataEditor"])
+# BigQuery, least privilege: no data role on the project. Space datasets hold personal data, and a
+# project-wide bigquery.dataEditor could read, change and delete every dataset of the project.
+#
+# - Creating a dataset is a project permission (datasets.insert "Requires the bigquery.datasets.create
+#   permission on the project": https://cloud.google.com/bigquery/docs/reference/rest/v2/datasets/insert).
+#   Only ingest creates space datasets (a space's first call), so only ingest holds it, through a custom
+#   role with that one permission; roles/bigquery.user would add jobs, reads of metadata, and more.
+# - Writing into the space datasets: the functions give each dataset they create access entries
+#   (SPACE_DATASET_WRITERS: both accounts WRITER, i.e. roles/bigquery.dataEditor on that dataset only;
+#   project owners OWNER). Access entries set at creation replace BigQuery's defaults, the creator's
+#   OWNER included (https://cloud.google.com/bigquery/docs/access-control-basic-roles), so ingest is not
+#   the owner of what it creates. datasets.list shows a caller the datasets it can read, so the sync
+#   visits exactly these (https://cloud.google.com/bigquery/docs/listing-datasets).
+# - The operations dataset: WRITER for both (bigquery_dataset_access below).
+# - Sync runs queries (MERGE): roles/bigquery.jobUser on the project, which holds no data permission.
+resource "google_project_iam_custom_role" "dataset_creator" {
+  project     = var.project
+  role_id     = "${replace(var.name_prefix, "-", "_")}_datasetCreator"
+  title       = "personas-warehouse dataset creator"
+  description = "Creates BigQuery datasets (the space datasets of personas-warehouse); no access to any data."
+  permissions = ["bigquery.datasets.create"]
+}
 
+resource "google_project_iam_member" "ingest" {
   project = var.project
-  role    = each.value
+  role    = google_project_iam_custom_role.dataset_creator.name
   member  = "serviceAccount:${google_service_account.ingest.email}"
 }
 
-# Sync lists the space datasets, creates users tables, runs MERGE queries (jobUser) and writes
-# sync_history.
 resource "google_project_iam_member" "sync" {
-  for_each = toset(["roles/bigquery.dataEditor", "roles/bigquery.jobUser"])
-
   project = var.project
-  role    = each.value
+  role    = "roles/bigquery.jobUser"
   member  = "serviceAccount:${google_service_account.sync.email}"
+}
+
+# WRITER is roles/bigquery.dataEditor on this dataset only; the legacy name, as the provider asks (the API
+# returns it, so roles/... would show a diff on every plan). The dataset declares no access blocks, which
+# google_bigquery_dataset_access requires of it.
+resource "google_bigquery_dataset_access" "ops_writers" {
+  for_each = {
+    ingest = google_service_account.ingest.email
+    sync   = google_service_account.sync.email
+  }
+
+  project       = var.project
+  dataset_id    = google_bigquery_dataset.ops.dataset_id
+  role          = "WRITER"
+  user_by_email = each.value
 }
 
 # What a function build needs, scoped as tightly as each resource allows. Google documents these
@@ -191,4 +220,13 @@ resource "google_kms_crypto_key_iam_member" "cmek" {
   crypto_key_id = var.kms_key_name
   role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
   member        = each.value
+}
+
+# The functions read FORGET_HASH_KEY from that one secret, and no other (docs/forget.md, "The key").
+resource "google_secret_manager_secret_iam_member" "functions_read_forget_key" {
+  for_each  = var.forget_hash_key_secret == null ? {} : { for name in ["ingest", "sync"] : name => name }
+  project   = var.project
+  secret_id = var.forget_hash_key_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${each.key == "ingest" ? google_service_account.ingest.email : google_service_account.sync.email}"
 }

@@ -17,8 +17,9 @@ resource "google_project_service" "apis" {
     "iam.googleapis.com",
     "logging.googleapis.com", # build and function logs
     "pubsub.googleapis.com",
-    "run.googleapis.com",          # gen2 functions run as Cloud Run services
-    "serviceusage.googleapis.com", # bootstrapped: enables the others
+    "run.googleapis.com",           # gen2 functions run as Cloud Run services
+    "secretmanager.googleapis.com", # FORGET_HASH_KEY (var.forget_hash_key_secret)
+    "serviceusage.googleapis.com",  # bootstrapped: enables the others
     "storage.googleapis.com",
   ])
 
@@ -55,10 +56,21 @@ locals {
     OPS_DATASET             = google_bigquery_dataset.ops.dataset_id
     INGEST_DEADLINE_SECONDS = tostring(local.ingest_deadline_seconds)
     SYNC_OVERLAP_SECONDS    = tostring(var.sync_overlap_seconds)
+    # The access entries of each space dataset the functions create (iam.tf): both accounts may write.
+    SPACE_DATASET_WRITERS = join(",", [
+      "serviceAccount:${google_service_account.ingest.email}",
+      "serviceAccount:${google_service_account.sync.email}",
+    ])
   }
-  # BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer").
+  # BIGQUERY_WRITER: how rows reach BigQuery (README, "Choosing the writer"). SPACE_DATASET_KMS_KEY: space
+  # datasets hold personal data, so they get the customer-managed key too when one is set.
   optional_env = {
-    for name, value in { PERSONAS_CONFIG = var.personas_config, BIGQUERY_WRITER = var.bigquery_writer } : name => value if value != ""
+    for name, value in {
+      PERSONAS_CONFIG       = var.personas_config
+      BIGQUERY_WRITER       = var.bigquery_writer
+      SPACE_DATASET_READERS = join(",", var.space_dataset_readers)
+      SPACE_DATASET_KMS_KEY = var.kms_key_name == null ? "" : var.kms_key_name
+    } : name => value if value != ""
   }
 
   # One source, one configuration: both functions read the same settings at start-up.

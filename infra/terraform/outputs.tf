@@ -3,6 +3,16 @@ output "topic_id" {
   value       = google_pubsub_topic.calls.id
 }
 
+output "segment_topic_path" {
+  description = "Full topic path (projects/P/topics/T) to paste into Segment's Google Cloud Pub/Sub destination, for identify and the Personas track events (docs/connect-segment.md)."
+  value       = "projects/${var.project}/topics/${google_pubsub_topic.calls.name}"
+}
+
+output "calls_topic_publishers" {
+  description = "Members that may publish to the calls topic (calls_topic_publishers)."
+  value       = sort([for grant in google_pubsub_topic_iam_member.calls_publishers : grant.member])
+}
+
 output "ingest_url" {
   description = "URL of the ingest function (internal ingress and IAM: only the push subscription calls it)."
   value       = google_cloudfunctions2_function.ingest.service_config[0].uri

@@ -6,6 +6,18 @@ resource "google_pubsub_topic" "calls" {
   depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.cmek]
 }
 
+# Who may publish calls: Segment's Pub/Sub destination publishes as its own service account, which needs
+# Pub/Sub Publisher on the topic (segment-docs, src/connections/destinations/catalog/google-cloud-pubsub,
+# "Authentication"). On this topic only, never the project; additive, so publishers granted elsewhere stay.
+resource "google_pubsub_topic_iam_member" "calls_publishers" {
+  for_each = toset(var.calls_topic_publishers)
+
+  project = var.project
+  topic   = google_pubsub_topic.calls.name
+  role    = "roles/pubsub.publisher"
+  member  = each.value
+}
+
 # Messages that failed max_delivery_attempts times land here and wait for an operator.
 resource "google_pubsub_topic" "dead_letter" {
   name         = "${var.topic_name}-dead-letter"

@@ -67,13 +67,35 @@ variable "deployer_member" {
 }
 
 variable "kms_key_name" {
-  description = "Customer-managed key (projects/P/locations/L/keyRings/R/cryptoKeys/K) for the ops dataset, its tables and both topics. Its location must hold bigquery_location. null: Google-managed encryption."
+  description = "Customer-managed key (projects/P/locations/L/keyRings/R/cryptoKeys/K) for the ops dataset, its tables, both topics, and the space datasets the functions create (SPACE_DATASET_KMS_KEY). Its location must hold bigquery_location. null: Google-managed encryption."
   type        = string
   default     = null
 
   validation {
     condition     = var.kms_key_name == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
     error_message = "kms_key_name must be projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
+}
+
+variable "space_dataset_readers" {
+  description = "IAM members (user:, group:, serviceAccount:, domain:) given READER on every space dataset the functions create, e.g. your analysts' group (SPACE_DATASET_READERS). Project owners are OWNER of them; nobody else gets access from the project."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for member in var.space_dataset_readers : can(regex("^(serviceAccount|user|group|domain):[^\\s,:]+$", member))])
+    error_message = "space_dataset_readers must be serviceAccount:, user:, group: or domain: members."
+  }
+}
+
+variable "calls_topic_publishers" {
+  description = "IAM members granted roles/pubsub.publisher on the calls topic only. Default: Segment's Google Cloud Pub/Sub destination, which publishes as pubsub@segment-integrations.iam.gserviceaccount.com (docs/connect-segment.md). []: nobody (publish with your own identities)."
+  type        = list(string)
+  default     = ["serviceAccount:pubsub@segment-integrations.iam.gserviceaccount.com"]
+
+  validation {
+    condition     = alltrue([for member in var.calls_topic_publishers : can(regex("^(serviceAccount|user|group):[^@\\s]+@[^@\\s]+$", member))])
+    error_message = "calls_topic_publishers must be serviceAccount:EMAIL, user:EMAIL or group:EMAIL members."
   }
 }
 
@@ -86,7 +108,7 @@ variable "personas_config" {
 variable "bigquery_writer" {
   description = "How the functions write rows: insert_all (legacy streaming) or storage_write (Storage Write API, half the price per GiB, 2 TiB a month free). README, \"Choosing the writer\"."
   type        = string
-  default     = "insert_all"
+  default     = "storage_write"
 
   validation {
     condition     = contains(["insert_all", "storage_write"], var.bigquery_writer)
@@ -227,5 +249,16 @@ variable "sync_overlap_seconds" {
   validation {
     condition     = var.sync_overlap_seconds >= var.ingest_timeout_seconds - var.ingest_deadline_margin_seconds + 30
     error_message = "sync_overlap_seconds must be at least ingest_timeout_seconds - ingest_deadline_margin_seconds + 30: raise it with the ingest timeout."
+  }
+}
+
+variable "forget_hash_key_secret" {
+  description = "Secret Manager secret (its id, in var.project) holding FORGET_HASH_KEY, the key of forgotten users' hashes (docs/forget.md). Both functions read its latest version as FORGET_HASH_KEY and may access that secret only. null: no key, and python -m infra.ops.forget refuses to start."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.forget_hash_key_secret == null || can(regex("^[A-Za-z0-9_-]{1,255}$", var.forget_hash_key_secret))
+    error_message = "forget_hash_key_secret must be a Secret Manager secret id (1 to 255 of A-Z, a-z, 0-9, _ and -)."
   }
 }

@@ -61,6 +61,8 @@ class Harness:
     proxy: FaultProxy | None = None
     space: str = SPACE
     sync_statuses: list[int] = field(default_factory=list)
+    # Before anything is published: the ids file's published_after, from which reconcile reads the tables.
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def topic(self) -> str:
@@ -174,7 +176,7 @@ def publish_batches(h: Harness, calls: list[dict[str, Any]], size: int) -> None:
 def _record_ids(h: Harness, futures: list[tuple[Any, list[str]]]) -> None:
     with h.ids_file.open("a", encoding="utf-8") as out:
         for future, call_ids in futures:
-            out.write(publish.ids_line(str(future.result(timeout=60)), call_ids, h.space))
+            out.write(publish.ids_line(str(future.result(timeout=60)), call_ids, h.space, h.created))
 
 
 def push_body(message_id: str, call: dict[str, Any], space: str) -> bytes:
@@ -419,12 +421,16 @@ def test_every_message_published_twice(tmp_path: Path) -> None:
         with syncing_every(h, 1) as statuses:
             publish_paced(h, calls + again, per_second=40)
             drained = wait_landed(h, n_ids, timeout=120)
-            time.sleep(3)  # let the second copies of the last calls land too
-        raw = query(
-            h,
-            f"SELECT COUNT(*) AS n FROM (SELECT id FROM {h.table('identifies')} "
-            f"UNION ALL SELECT id FROM {h.table('tracks')})",
-        )[0]["n"]
+
+            def raw_rows() -> int:
+                union = f"SELECT id FROM {h.table('identifies')} UNION ALL SELECT id FROM {h.table('tracks')}"
+                return int(query(h, f"SELECT COUNT(*) AS n FROM ({union})")[0]["n"])
+
+            # Every copy is a row of its own (two Pub/Sub messages, two insert ids): wait for the second copies.
+            end = time.monotonic() + 120
+            while raw_rows() < 2 * len(calls) and time.monotonic() < end:
+                time.sleep(1)
+        raw = raw_rows()
         _say(f"published twice: {len(calls)} calls in {2 * len(calls)} messages, {raw} raw rows; syncs {statuses}")
         report = reconcile(h)
         totals = report["totals"]
@@ -470,7 +476,9 @@ def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path) -> None:
             attempts = list(pool.map(deliver, range(n)))
         elapsed = time.monotonic() - started
         h.ids_file.write_text(
-            "".join(publish.ids_line(f"race-msg-{i}", [c["messageId"]], h.space) for i, c in enumerate(calls))
+            "".join(
+                publish.ids_line(f"race-msg-{i}", [c["messageId"]], h.space, h.created) for i, c in enumerate(calls)
+            )
         )
         _say(
             f"schema race: {n} messages, {2 * n} new columns in {elapsed:.0f}s, {len(retried)} retried answers "
@@ -504,16 +512,18 @@ def test_schema_changes_racing_with_concurrent_writes(tmp_path: Path) -> None:
         assert all(state[f"u{i % 20}"][f"c{i}_n"] == i for i in range(n))
 
 
-@pytest.mark.parametrize("merge", [1, 2], ids=["killed-in-first-statement", "killed-in-second-statement"])
-def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> None:
+@pytest.mark.parametrize(
+    ("merge", "full"), [(1, False), (2, True)], ids=["killed-in-a-fold", "killed-in-a-full-rebuilds-second-statement"]
+)
+def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int, full: bool) -> None:
     """Thousands of users synced once; then new calls for all of them, half tied with the stored value's
-    timestamp (their order then comes from the messageIds' fingerprints). The users touched span more
-    partitions than one statement may modify, so the fold is two MERGEs. The sync's process group is
-    SIGKILLed right after its `merge`-th MERGE reached BigQuery, started again, and run again: `users`
-    must equal a full rebuild."""
+    timestamp (their order then comes from the messageIds' fingerprints). The sync's process group is
+    SIGKILLed right after the `merge`-th MERGE of an incremental run, or of a full rebuild (three statements,
+    one per chunk of partitions: the kill leaves some chunks rebuilt and the others as they were), reached
+    BigQuery; started again, and run again (incremental): `users` must equal a full rebuild."""
     with fault_stack(4, tmp_path, proxy=True) as h:
         assert h.proxy is not None
-        n_users = 6000  # 10,000 * (1 - e^-0.6) = about 4,500 partitions: two chunks of at most 4,000
+        n_users = 3000
 
         def wave(tag: str, later: Callable[[int], bool]) -> list[dict[str, Any]]:
             rng = random.Random(tag)
@@ -549,7 +559,7 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> No
 
         def run() -> None:
             try:
-                answer["status"] = sync(h)[0]
+                answer["status"] = sync(h, full=full)[0]
             except OSError as error:
                 answer["error"] = repr(error)
 
@@ -573,7 +583,8 @@ def test_sync_killed_mid_run_and_started_again(tmp_path: Path, merge: int) -> No
         assert status == 200, summary
         result = summary["spaces"][0]["tables"]["users"]
         _say(
-            f"sync killed after MERGE #{merge}: first sync {first_sync:.1f}s, killed {killed_after:.1f}s into "
+            f"sync killed after MERGE #{merge} of a {'full' if full else 'incremental'} run: first sync "
+            f"{first_sync:.1f}s, killed {killed_after:.1f}s into "
             f"the second, back in {restart:.1f}s, the run after it {again:.1f}s: {result['status']}, "
             f"{result['rows_updated']} updated, {result['statements']} statements, "
             f"{result['source_rows_read']} rows read"

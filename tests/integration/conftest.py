@@ -2,8 +2,9 @@
 running), from the staged source. Each test writes to its own space, so tests never see each
 other's rows; the stack is stopped by process group at the end.
 
-Both BigQuery writers must pass the same tests: a test marked `both_writers` runs once more against a
-second stack whose functions write with the Storage Write API (BIGQUERY_WRITER=storage_write). Every
+Both BigQuery writers must pass the same tests: the session's stack writes with insertAll (named in its
+environment), and a test marked `both_writers` runs once more against a second stack whose functions
+write with the Storage Write API (BIGQUERY_WRITER=storage_write, the default writer). Every
 test gets `stack` parametrized by writer, so pytest keeps one stack per writer for the session and runs
 the tests of one writer together (the first stack is stopped before the second starts). bqemulator's
 Write API is slow (~0.5 s per append), so only a few core ingest tests are marked."""
@@ -31,6 +32,8 @@ CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
 # after its loaded_at): runs a few seconds apart re-read each other's rows, as they do in production.
 SYNC_ENV = {"SYNC_OVERLAP_SECONDS": "80"}  # INGEST_DEADLINE_SECONDS: its default, 50
 OVERLAP_SECONDS = 80
+# The functions' key for forgotten ids' hashes (test_forget_e2e.py), and a 1 s refresh of ingest's copy of them.
+FORGET_ENV = {"FORGET_HASH_KEY": "integration-test-key-" + "0" * 16, "FORGET_REFRESH_SECONDS": "1"}
 
 
 def _config(base: int, **env: str) -> StackConfig:
@@ -43,12 +46,13 @@ def _config(base: int, **env: str) -> StackConfig:
             "PERSONAS_CONFIG": str(CONFIG_FILE),
             "MAX_MESSAGE_BYTES": "20000",
             **SYNC_ENV,
+            **FORGET_ENV,
             **env,
         },
     )
 
 
-TEST_CONFIG = _config(18_000)
+TEST_CONFIG = _config(18_000, BIGQUERY_WRITER="insert_all")  # named: storage_write, the default, is the second stack's
 # The same stack with the functions writing through the Storage Write API, on ports of its own.
 STORAGE_WRITE_CONFIG = _config(18_100, BIGQUERY_WRITER="storage_write")
 WRITERS = {"insert_all": TEST_CONFIG, "storage_write": STORAGE_WRITE_CONFIG}

@@ -10,6 +10,7 @@ import json
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from google.cloud import bigquery
@@ -21,11 +22,20 @@ CALLS = 96
 IN_FLIGHT = 32
 
 
-def write_requests(stack: Stack) -> int:
-    """Write requests of the stack's writer bqemulator received so far (the local launcher counts them)."""
-    storage_write = stack.config.function_env.get("BIGQUERY_WRITER") == "storage_write"
+def counters(stack: Stack) -> dict[str, Any]:
+    """What bqemulator received so far (the local launcher counts it): insertAll POSTs, AppendRows requests
+    and AppendRows connections (in all, and per stream in "appendRowsConnectionsByStream")."""
     with urllib.request.urlopen(f"{stack.config.bigquery_url}/_personas/counters", timeout=10) as answer:
-        return int(json.load(answer)["appendRows" if storage_write else "insertAll"])
+        return dict(json.load(answer))
+
+
+def storage_write(stack: Stack) -> bool:
+    return stack.config.function_env.get("BIGQUERY_WRITER") == "storage_write"
+
+
+def write_requests(stack: Stack) -> int:
+    """Write requests of the stack's writer bqemulator received so far."""
+    return int(counters(stack)["appendRows" if storage_write(stack) else "insertAll"])
 
 
 def push_body(call: dict[str, object], message_id: str, space: str) -> bytes:
@@ -61,12 +71,15 @@ def test_requests_in_flight_share_writes_and_every_acked_call_lands_once(
         answer.read()
         return answer.status
 
-    before = write_requests(stack)
+    before, connections = write_requests(stack), int(counters(stack)["appendRowsConnections"])
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         statuses = list(pool.map(post, bodies[1:]))
     writes = write_requests(stack) - before
+    connections = int(counters(stack)["appendRowsConnections"]) - connections
     assert statuses == [204] * (CALLS - 1)
     rows = query(bq, f"SELECT id, score FROM `{stack.config.project}.personas_{space}.identifies`")
     assert sorted((r["id"], r["score"]) for r in rows) == [(f"{space}-m{i}", i) for i in sorted(range(CALLS), key=str)]
     # One write per request would be 95; sharing must bring it to a third of that or fewer.
     assert writes <= (CALLS - 1) // 3, writes
+    if storage_write(stack):  # and the appends share kept connections (one per table, more only while they overlap)
+        assert connections <= max(2, writes // 3), (connections, writes)

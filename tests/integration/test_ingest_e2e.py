@@ -106,11 +106,13 @@ def test_batch_with_a_bad_call_writes_the_good_ones(
     stack: Stack, bq: bigquery.Client, publish: Callable[..., str], space: str
 ) -> None:
     batch = {
+        "sentAt": "2026-11-01T10:00:05Z",
+        "context": {"library": {"name": "e2e"}},
         "batch": [
             identify("u1", "b1", "2026-11-01T10:00:00Z", a=1),
             {"type": "page", "messageId": "b2"},
             identify(None, "b3", "2026-11-01T10:00:00Z", a=2),
-        ]
+        ],
     }
     message_id = publish(batch, space=space)
     rows = wait_rows(bq, f"SELECT * FROM `{P}.personas_{space}.identifies` ORDER BY id", 2)
@@ -120,6 +122,12 @@ def test_batch_with_a_bad_call_writes_the_good_ones(
     )
     assert rejected["call_index"] == 1 and rejected["error_class"] == "schema_violation"
     assert json.loads(rejected["errors"])["type"] == ["Must be one of: identify, track."]
+    # stored alone in its envelope, with the envelope fields applied to it: a replay decodes it the same
+    assert json.loads(rejected["data"]) == {
+        "batch": [{"type": "page", "messageId": "b2"}],
+        "sentAt": "2026-11-01T10:00:05Z",
+        "context": {"library": {"name": "e2e"}},
+    }
 
 
 @pytest.mark.both_writers

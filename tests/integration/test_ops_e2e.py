@@ -72,7 +72,7 @@ def test_reconcile_replay_and_status(
 
     # An id never published is missing: exit 1.
     with ids.open("a") as f:
-        f.write(publish.ids_line("999999999", [f"{space}-never"], space))
+        f.write(publish.ids_line("999999999", [f"{space}-never"], space, started))
     code, out = run(reconcile.main, ["--ids-file", str(ids)], capsys)
     assert (code, out["totals"]["missing"]) == (1, 1)
     assert out["spaces"][0]["missing_ids"] == [{"pubsub_id": "999999999", "call_index": 0, "id": f"{space}-never"}]
@@ -86,7 +86,13 @@ def test_reconcile_replay_and_status(
     assert (record["source"], record["outcome"], record["space"]) == ("rejected", "published", space)
     [again] = wait_rows(bq, rejected_sql, 1, m=record["new_message_id"])
     assert again["error_class"] == "schema_violation"
-    assert json.loads(again["attributes"]) == {"space": space, "replay_of": bad_id}
+    [first] = wait_rows(bq, rejected_sql, 1, m=bad_id)
+    original_time = first["publish_time"].isoformat().replace("+00:00", "Z")
+    assert json.loads(again["attributes"]) == {
+        "space": space,
+        "replay_of": bad_id,
+        "original_publish_time": original_time,
+    }
 
     # A second run replays nothing: the original was replayed, the replay's own rejection is left alone.
     code, out = run(replay.main, ["--topic", stack.config.topic, "--space", space], capsys)

@@ -28,7 +28,7 @@ from personas_warehouse.derived import users as users_table
 from personas_warehouse.derived.frame import Keys, Window
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
-from personas_warehouse.settings import Settings
+from personas_warehouse.settings import Settings, SpacePolicy
 from personas_warehouse.sync import run_sync
 from tests.integration.conftest import query
 
@@ -131,7 +131,10 @@ def _check_incremental_equals_full(
 ) -> None:
     space = f"prop_{next(_spaces)}_{abs(hash(str(calls))) % 10**6}"
     config = Settings(
-        bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project, sync_overlap_seconds=0
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=stack.config.project,
+        sync_overlap_seconds=0,
+        space_policy=SpacePolicy(max_space_datasets=100_000),  # a space per example, beside every test's own
     )
     warehouse = Warehouse(bq)
     built = []

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infra.ops.common import Pulled
-from infra.ops.queries import Query
+from infra.ops.queries import Query, partition_field
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -59,9 +59,18 @@ class FakeReader:
         row["space"] = row.pop("space_column")
         self.ops.setdefault("rejected_messages", []).append(row)
 
-    def sync(self, space: str, status: str, started: datetime, watermark: datetime | None) -> None:
+    def sync(
+        self, space: str, status: str, started: datetime, watermark: datetime | None, table: str | None = "users"
+    ) -> None:
         self.ops.setdefault("sync_history", []).append(
-            {"space": space, "status": status, "started_at": started, "finished_at": started, "watermark_to": watermark}
+            {
+                "space": space,
+                "table_name": table,
+                "status": status,
+                "started_at": started,
+                "finished_at": started,
+                "watermark_to": watermark,
+            }
         )
 
     # --- the Reader protocol ---
@@ -99,19 +108,24 @@ class FakeReader:
             parts.append((spaces[name], table))
         return parts
 
+    def _bounded(self, query: Query, space: str, table: str) -> list[dict[str, Any]]:
+        """The rows of a table in the partitions the query reads (its partition column >= @since)."""
+        since, column = query.param("since"), partition_field(table)
+        return [r for r in self.raw.get((space, table), []) if r[column] >= since]
+
     def _raw_id_counts(self, query: Query) -> list[dict[str, Any]]:
         ids = set(query.param("ids"))
         counts: Counter[tuple[str, str]] = Counter()
         for space, table in self._tables(query):
-            counts.update((space, r["id"]) for r in self.raw.get((space, table), []) if r["id"] in ids)
+            counts.update((space, r["id"]) for r in self._bounded(query, space, table) if r["id"] in ids)
         return [{"space": s, "id": i, "n": n} for (s, i), n in counts.items()]
 
     def _rejections_by_message(self, query: Query) -> list[dict[str, Any]]:
-        ids = set(query.param("ids"))
+        ids, since = set(query.param("ids")), query.param("since")
         keys = {
             (r["message_id"], r["call_index"], _space(r), r["error_class"])
             for r in self.ops.get("rejected_messages", [])
-            if r["message_id"] in ids
+            if r["message_id"] in ids and r["received_at"] >= since
         }
         return [dict(zip(("message_id", "call_index", "space", "error_class"), k, strict=True)) for k in keys]
 
@@ -120,18 +134,18 @@ class FakeReader:
         rows: Counter[str] = Counter()
         ids: dict[str, set[str]] = defaultdict(set)
         for space, table in self._tables(query):
-            for r in self.raw.get((space, table), []):
+            for r in self._bounded(query, space, table):
                 if start <= r["received_at"] < end:
                     rows[space] += 1
                     ids[space].add(r["id"])
-        return [{"space": s, "rows": n, "calls": len(ids[s])} for s, n in rows.items()]
+        return [{"space": s, "n_rows": n, "calls": len(ids[s])} for s, n in rows.items()]
 
     def _rejections_window(self, query: Query) -> list[dict[str, Any]]:
-        start, end = query.param("start"), query.param("end")
+        start, end, since = query.param("start"), query.param("end"), query.param("since")
         keys = {
             (r["message_id"], r["call_index"], _space(r), r["error_class"])
             for r in self.ops.get("rejected_messages", [])
-            if start <= r["publish_time"] < end
+            if start <= r["publish_time"] < end and r["received_at"] >= since
         }
         counts = Counter((k[2], k[3]) for k in keys)
         return [{"space": s, "error_class": c, "n": n} for (s, c), n in counts.items()]
@@ -144,23 +158,32 @@ class FakeReader:
         return [{"space": s, "error_class": c, "n": n} for (s, c), n in counts.items()]
 
     def _last_syncs(self, query: Query) -> list[dict[str, Any]]:
-        ok = set(query.param("ok"))
-        by_space: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        ok, since = set(query.param("ok")), query.param("since")
+        by_table: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for r in self.ops.get("sync_history", []):
-            by_space[r["space"]].append(r)
+            if r["started_at"] >= since:
+                by_table[(r["space"], r["table_name"] or "users")].append(r)
         out = []
-        for space, runs in by_space.items():
+        for (space, name), runs in by_table.items():
             good = [r for r in runs if r["status"] in ok]
             newest = max(runs, key=lambda r: r["started_at"])
             out.append(
                 {
                     "space": space,
+                    "table_name": name,
                     "last_success": max((r["finished_at"] for r in good), default=None),
                     "watermark_to": max((r["watermark_to"] for r in good if r["watermark_to"]), default=None),
                     "last_run": newest["started_at"],
                     "last_status": newest["status"],
                 }
             )
+        return out
+
+    def _duplicate_keys(self, query: Query) -> list[dict[str, Any]]:
+        out = []
+        for space, table in self._tables(query):
+            ids = [r["id"] for r in self.raw.get((space, table), [])]
+            out.append({"space": space, "n_rows": len(ids), "ids": len(set(ids))})
         return out
 
     def _rows_written(self, query: Query) -> list[dict[str, Any]]:

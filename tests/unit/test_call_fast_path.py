@@ -35,11 +35,22 @@ def assert_same_call(fast: Call, full: Call | dict[str, Any]) -> None:
     assert isinstance(full, Call), f"the fast path accepted a call the schema refuses: {full}"
     assert fast == full
     assert vars(fast) == vars(full)  # every field set, and nothing else
+    # == ignores the order of keys; what is made from them does not (columns, discards, their insert ids)
+    assert key_order(vars(fast)) == key_order(vars(full))
     for name in TIMESTAMP_FIELDS:  # == compares instants: the offsets must match as well
         mine, theirs = getattr(fast, name), getattr(full, name)
         assert (mine is None) == (theirs is None)
         if mine is not None:
             assert (mine.utcoffset(), mine.tzinfo) == (theirs.utcoffset(), theirs.tzinfo)
+
+
+def key_order(value: Any) -> Any:
+    """The keys of every object in `value`, in order, nested as the objects are."""
+    if isinstance(value, dict):
+        return [(key, key_order(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [key_order(item) for item in value]
+    return None
 
 
 # --- generated calls --------------------------------------------------------------------------------

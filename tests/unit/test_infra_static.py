@@ -28,7 +28,7 @@ import hcl2
 import pytest
 import yaml
 
-from personas_warehouse.settings import _ENV, ROW_VISIBLE_MARGIN_SECONDS
+from personas_warehouse.settings import _ENV, MEMBER, ROW_VISIBLE_MARGIN_SECONDS
 from personas_warehouse.sync import run_sync
 from schemas.tables import table_specs
 
@@ -300,6 +300,7 @@ def test_both_functions_get_the_settings_the_code_reads() -> None:
         "OPS_DATASET",
         "INGEST_DEADLINE_SECONDS",
         "SYNC_OVERLAP_SECONDS",
+        "SPACE_DATASET_WRITERS",
     }
     assert set(managed) <= set(_ENV), "every managed variable is one settings.load_settings reads"
     assert managed["OPS_DATASET"] == "${google_bigquery_dataset.ops.dataset_id}"
@@ -441,11 +442,14 @@ def test_no_schema_is_written_by_hand_in_terraform() -> None:
             assert word not in text, f"{path.name} spells out a schema ({word}); derive it from tables.json"
 
 
+FORGET_TABLES = ("forget_suppressions", "forget_pending", "forget_requests")  # docs/forget.md
+
+
 def test_tables_json_ops_tables_fit_the_terraform_derivation() -> None:
     """Terraform iterates an ops table's columns directly: they must be a list, not a reference."""
     raw = json.loads(TABLES_JSON.read_text())
     ops = {name: body for name, body in raw.items() if not name.startswith("_") and body["dataset"] == "ops"}
-    assert set(ops) == {"rejected_messages", "sync_history", "replays"}
+    assert set(ops) == {"rejected_messages", "sync_history", "replays", *FORGET_TABLES}
     for name, body in ops.items():
         assert isinstance(body["columns"], list), name
         columns = {column["name"] for column in body["columns"]}
@@ -489,7 +493,6 @@ def test_terraform_evaluates_the_ops_tables_the_code_would_create(tmp_path: Path
 # --- IAM ----------------------------------------------------------------------------------------------
 
 EXPECTED_ROLES = {
-    "roles/bigquery.dataEditor",
     "roles/bigquery.jobUser",
     "roles/run.invoker",
     "roles/pubsub.publisher",
@@ -500,6 +503,7 @@ EXPECTED_ROLES = {
     "roles/artifactregistry.writer",
     "roles/storage.objectViewer",
     "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+    "roles/secretmanager.secretAccessor",
 }
 SERVICE_ACCOUNTS = {"ingest", "sync", "push", "scheduler", "build"}
 
@@ -529,10 +533,11 @@ def test_one_service_account_per_role_with_least_privilege() -> None:
         conditional = "condition" in grant
         project_roles.setdefault(member.group(1) + (" (conditional)" if conditional else ""), set()).update(roles)
         assert name == member.group(1) or (conditional and name.startswith(member.group(1) + "_"))
-    # ingest creates space datasets at run time (project-level dataEditor) and runs no queries
+    # ingest creates space datasets at run time (a custom role: bigquery.datasets.create only) and runs no
+    # queries; sync runs queries (jobUser holds no data permission); neither holds a data role on the project
     assert project_roles == {
-        "ingest": {"roles/bigquery.dataEditor"},
-        "sync": {"roles/bigquery.dataEditor", "roles/bigquery.jobUser"},
+        "ingest": {"${google_project_iam_custom_role.dataset_creator.name}"},
+        "sync": {"roles/bigquery.jobUser"},
         "build": {"roles/logging.logWriter"},
         "build (conditional)": {"roles/storage.objectViewer"},
     }
@@ -552,6 +557,94 @@ def test_one_service_account_per_role_with_least_privilege() -> None:
     }
     for grant in _resources("google_cloud_run_service_iam_member").values():
         assert grant["role"] == "roles/run.invoker"
+
+
+# --- BigQuery data access: no project-wide data role -----------------------------------------------------
+
+
+def test_no_project_wide_data_role() -> None:
+    """The project grants: none is a BigQuery data role (dataViewer/Editor/Owner, admin, user), and the one
+    custom role holds only bigquery.datasets.create (no table, data or dataset update/delete permission)."""
+    for grant in _resources("google_project_iam_member").values():
+        for role in set(re.findall(r"roles/[A-Za-z.]+", grant.get("for_each", ""))) | {grant.get("role", "")}:
+            assert not re.match(r"roles/bigquery\.(data\w*|admin|user|studioAdmin)$", role), role
+    [creator] = _resources("google_project_iam_custom_role").values()
+    assert creator["permissions"] == ["bigquery.datasets.create"]
+    assert (
+        _resource("google_project_iam_member", "ingest")["role"]
+        == "${google_project_iam_custom_role.dataset_creator.name}"
+    )
+
+
+def test_the_functions_write_the_ops_dataset_and_the_space_datasets_they_create() -> None:
+    access = _resource("google_bigquery_dataset_access", "ops_writers")
+    assert access["dataset_id"] == "${google_bigquery_dataset.ops.dataset_id}"
+    assert access["role"] == "WRITER" and access["user_by_email"] == "${each.value}"  # legacy name: no diff
+    assert access["for_each"] == {
+        "ingest": "${google_service_account.ingest.email}",
+        "sync": "${google_service_account.sync.email}",
+    }
+    assert "access" not in _resource("google_bigquery_dataset", "ops"), "dataset_access needs no access blocks there"
+    writers = _locals()["managed_env"]["SPACE_DATASET_WRITERS"]
+    for account in ("ingest", "sync"):
+        assert f'"serviceAccount:${{google_service_account.{account}.email}}"' in writers
+    optional = _locals()["optional_env"]
+    assert 'SPACE_DATASET_KMS_KEY = var.kms_key_name == null ? "" : var.kms_key_name' in optional
+    assert 'SPACE_DATASET_READERS = join(",", var.space_dataset_readers)' in optional
+    for name in ("SPACE_DATASET_WRITERS", "SPACE_DATASET_READERS", "SPACE_DATASET_KMS_KEY"):
+        assert name in _ENV
+
+
+def test_segments_service_account_may_publish_to_the_calls_topic_only() -> None:
+    publishers = _variables()["calls_topic_publishers"]
+    assert publishers["default"] == ["serviceAccount:pubsub@segment-integrations.iam.gserviceaccount.com"]
+    grant = _resource("google_pubsub_topic_iam_member", "calls_publishers")
+    assert grant["for_each"] == "${toset(var.calls_topic_publishers)}"  # []: no grant at all
+    assert (grant["topic"], grant["role"], grant["member"]) == (
+        "${google_pubsub_topic.calls.name}",
+        "roles/pubsub.publisher",
+        "${each.value}",
+    )
+    for type_ in ("google_project_iam_member", "google_pubsub_subscription_iam_member"):
+        for other in _resources(type_).values():
+            assert "calls_topic_publishers" not in json.dumps(other)
+
+
+@pytest.mark.skipif(_TERRAFORM is None, reason=_NO_TERRAFORM)
+@pytest.mark.parametrize(
+    ("variable", "members"),
+    [
+        ("space_dataset_readers", ["group:analysts@example.com", "domain:example.com", "user:a@b.c"]),
+        ("space_dataset_readers", ["analysts@example.com"]),
+        ("space_dataset_readers", ["group:a@b.c,group:d@e.f"]),
+        ("space_dataset_readers", ["allUsers"]),
+        ("calls_topic_publishers", ["serviceAccount:pubsub@segment-integrations.iam.gserviceaccount.com"]),
+        ("calls_topic_publishers", []),
+        ("calls_topic_publishers", ["allAuthenticatedUsers"]),
+        ("calls_topic_publishers", ["domain:example.com"]),
+    ],
+)
+def test_terraform_accepts_only_members_the_functions_accept(tmp_path: Path, variable: str, members: list[str]) -> None:
+    """Each variable's validation, run in real Terraform (no provider needed): what it accepts, settings.MEMBER
+    accepts too, so an apply that passes validation never stops the functions at start-up."""
+    [validation] = _variables()[variable]["validation"]
+    condition = validation["condition"][2:-1].replace(f"var.{variable}", "local.members")
+    (tmp_path / "main.tf").write_text(f"locals {{\n  members = {json.dumps(members)}\n}}\n")
+    result = subprocess.run(
+        [str(_TERRAFORM), "console"], input=condition + "\n", cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    accepted = result.stdout.strip() == "true"
+    if accepted:
+        assert all(MEMBER.match(member) for member in members), members
+    assert accepted == (
+        members
+        in (
+            ["group:analysts@example.com", "domain:example.com", "user:a@b.c"],
+            ["serviceAccount:pubsub@segment-integrations.iam.gserviceaccount.com"],
+            [],
+        )
+    )
 
 
 # --- Cloud Scheduler ----------------------------------------------------------------------------------
@@ -598,6 +691,8 @@ def test_sync_timeout_and_attempt_deadline_fit_the_code_for_every_accepted_setti
 def test_outputs() -> None:
     outputs = _named("output")
     assert outputs["topic_id"]["value"] == "${google_pubsub_topic.calls.id}"
+    # what Segment's destination settings take: "Make sure you use the full topic path!" (segment-docs)
+    assert outputs["segment_topic_path"]["value"] == "projects/${var.project}/topics/${google_pubsub_topic.calls.name}"
     assert "google_cloudfunctions2_function.ingest" in outputs["ingest_url"]["value"]
     assert "google_cloudfunctions2_function.sync" in outputs["sync_url"]["value"]
     assert outputs["dead_letter_subscription"]["value"] == "${google_pubsub_subscription.dead_letter.id}"
@@ -696,12 +791,15 @@ DEPLOYER_ROLE_FOR = {
     "google_pubsub_topic_iam_member": "roles/pubsub.admin",
     "google_pubsub_subscription_iam_member": "roles/pubsub.admin",
     "google_bigquery_dataset": "roles/bigquery.dataOwner",
+    "google_bigquery_dataset_access": "roles/bigquery.dataOwner",
     "google_bigquery_table": "roles/bigquery.dataOwner",
+    "google_project_iam_custom_role": "roles/iam.roleAdmin",
     "google_cloud_scheduler_job": "roles/cloudscheduler.admin",
     "google_artifact_registry_repository": "roles/artifactregistry.admin",
     "google_artifact_registry_repository_iam_member": "roles/artifactregistry.admin",
     "google_storage_bucket_iam_member": "roles/storage.admin",
     "google_kms_crypto_key_iam_member": "roles/cloudkms.admin",
+    "google_secret_manager_secret_iam_member": "roles/secretmanager.admin",
 }
 
 
@@ -737,6 +835,20 @@ def test_the_apis_that_cannot_enable_themselves_are_bootstrapped_and_terraform_e
         assert any(agent in value for value in _locals().values() if isinstance(value, str))
         assert f"services identity create --service={api}.googleapis.com" in bootstrap
         assert f"{api}.googleapis.com" in bootstrapped
+
+
+def test_the_forget_key_reaches_both_functions_from_its_secret_only() -> None:
+    """FORGET_HASH_KEY comes from Secret Manager (never a plain variable), to both functions, and each function
+    may access that one secret (docs/forget.md, "The key")."""
+    for name in ("ingest", "sync"):
+        service = _block(_resource("google_cloudfunctions2_function", name), "service_config")
+        secret = service["dynamic"][0]["secret_environment_variables"]
+        assert secret["for_each"] == "${var.forget_hash_key_secret == null ? [] : [var.forget_hash_key_secret]}"
+        assert secret["content"][0]["key"] == "FORGET_HASH_KEY" and secret["content"][0]["version"] == "latest"
+    grant = _resource("google_secret_manager_secret_iam_member", "functions_read_forget_key")
+    assert grant["role"] == "roles/secretmanager.secretAccessor"
+    assert grant["secret_id"] == "${var.forget_hash_key_secret}"
+    assert "FORGET_HASH_KEY" not in _locals()["managed_env"] and "forget_hash_key" not in _variables()
 
 
 def test_the_deployer_roles_cover_every_resource_type() -> None:

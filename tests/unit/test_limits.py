@@ -24,11 +24,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from personas_warehouse import app
-from personas_warehouse.bigquery import INSERT_BYTES_PER_REQUEST, Warehouse
+from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import MAX_DEPTH
+from personas_warehouse.writers.insert_all import INSERT_BYTES_PER_REQUEST
 from schemas.tables import spec
 from tests.fakes import REQUEST_LIMIT_BYTES, StrictFakeBigQuery
 from tests.unit._support import FAST, json_documents
@@ -189,7 +190,7 @@ def test_every_trait_is_a_column_value_or_a_discard_whatever_the_budget(extra: i
 
 
 class CountingFake(StrictFakeBigQuery):
-    """Counts the metadata calls (tables.get/insert/update, datasets.insert) ingest makes."""
+    """Counts the metadata calls (tables.get/insert/update, datasets.insert/list) ingest makes."""
 
     def __init__(self) -> None:
         super().__init__(PROJECT)
@@ -206,6 +207,10 @@ class CountingFake(StrictFakeBigQuery):
     def create_table(self, table: Any, **kw: Any) -> Any:
         self.metadata_calls += 1
         return super().create_table(table, **kw)
+
+    def list_datasets(self, **kw: Any) -> Any:
+        self.metadata_calls += 1
+        return super().list_datasets(**kw)
 
     def update_table(self, table: Any, fields: list[str], **kw: Any) -> Any:
         self.metadata_calls += 1
@@ -233,7 +238,7 @@ def test_200_distinct_event_names_each_get_a_table_and_nothing_is_lost() -> None
         [row] = fake.rows[f"{PROJECT}.personas_default.event_{i:03d}"]
         assert (row["id"], row["event_text"], row["n"]) == (f"c-{i}", f"Event {i:03d}", i)
     assert len(fake.rows[TRACKS]) == 201 and rejections(fake) == []
-    assert per_new_event == 6  # get (404), create dataset (exists_ok), table, view; get + update for its column
+    assert per_new_event == 5  # get (404), create table, view; get + update for its column (the dataset exists)
     before = fake.metadata_calls
     for i in range(200):
         ingest(message(track(f"d-{i}", f"Event {i:03d}", n=i), f"q-{i}"), warehouse, SETTINGS)

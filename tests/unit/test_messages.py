@@ -596,3 +596,37 @@ def test_valid_calls_are_routed_by_the_rule(batch: list[dict[str, Any]], attribu
         assert routed.space == expected
         assert routed.call.message_id == str(raw["messageId"]).strip()
         assert routed.call.traits == raw["traits"]
+
+
+# -- replays keep the original's received_at ----------------------------------------------------------
+
+ORIGINAL = "2026-02-27T08:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ({}, "2026-03-01T09:00:03+00:00"),  # not a replay: the publish time
+        ({"original_publish_time": ORIGINAL}, "2026-03-01T09:00:03+00:00"),  # no replay_of: not trusted
+        ({"replay_of": "m1", "original_publish_time": ORIGINAL}, "2026-02-27T08:00:00+00:00"),
+        ({"replay_of": "m1", "original_publish_time": "2026-02-27T09:00:00+01:00"}, "2026-02-27T08:00:00+00:00"),
+        ({"replay_of": "m1"}, "2026-03-01T09:00:03+00:00"),  # older replays carried no time
+        ({"replay_of": "m1", "original_publish_time": "yesterday"}, "2026-03-01T09:00:03+00:00"),
+        ({"replay_of": "m1", "original_publish_time": "2026-02-27T08:00:00"}, "2026-03-01T09:00:03+00:00"),  # no zone
+        ({"replay_of": "m1", "original_publish_time": "2026-03-02T00:00:00Z"}, "2026-03-01T09:00:03+00:00"),  # later
+    ],
+)
+def test_a_replay_is_received_at_its_originals_publish_time(attributes: dict[str, str], expected: str) -> None:
+    assert messages.received_at(message(call(), attributes=attributes)).isoformat() == expected
+
+
+def test_a_call_of_a_batch_alone_in_its_envelope_decodes_to_the_same_call() -> None:
+    batch = [call(messageId="a"), call(messageId="b", sentAt="2026-03-01T09:00:00Z"), call(messageId="c", context=None)]
+    envelope = {"sentAt": "2026-03-01T08:59:00Z", "context": {"personas": {"space_id": "spa_sales"}}, "batch": batch}
+    whole = decode(message(envelope), SPACES)
+    parts = messages.batch_of(json.dumps(envelope).encode())
+    assert parts is not None
+    for index, raw in enumerate(parts[0]):
+        alone = decode(message(messages.alone_in_envelope(raw, parts[1])), SPACES)
+        assert [(c.call, c.space) for c in alone.calls] == [(whole.calls[index].call, whole.calls[index].space)]
+    assert messages.batch_of(b'{"type": "identify"}') is None and messages.batch_of(b"\xff") is None

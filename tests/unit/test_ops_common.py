@@ -83,7 +83,7 @@ def test_run_sends_arrays_and_scalars_as_parameters() -> None:
     params = {p.name: p for p in client.jobs[0][1].query_parameters}
     assert isinstance(params["s0"], bigquery.ScalarQueryParameter) and params["s0"].value == "mkt"
     assert params["hour"].type_ == "TIMESTAMP"
-    warehouse.run(queries.rejections_by_message("personas-test", "personas__ops", ["a", "b"]))
+    warehouse.run(queries.rejections_by_message("personas-test", "personas__ops", ["a", "b"], at))
     ids = client.jobs[1][1].query_parameters[0]
     assert isinstance(ids, bigquery.ArrayQueryParameter) and ids.values == ["a", "b"]
 

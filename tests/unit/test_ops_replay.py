@@ -3,21 +3,30 @@ a batch call replayed alone, dead letters acked only after their republish."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tqdm import tqdm
 
+import personas_warehouse.ingest as ingest_module
 from infra.ops import common, replay
 from infra.ops.replay import Filters, replay_dead_letters, replay_payload, replay_rejected
+from personas_warehouse.bigquery import Warehouse
+from personas_warehouse.ingest import ingest
+from personas_warehouse.messages import PubSubMessage
+from personas_warehouse.settings import Settings, SpaceConfig
+from personas_warehouse.shaping import Fitted
+from tests.fakes import StrictFakeBigQuery
 from tests.unit._ops_fakes import T0, FakePublisher, FakeReader, FakeSubscriber
 
 TOPIC = "projects/personas-test/topics/personas-calls"
 SUB = "projects/personas-test/subscriptions/dl"
+T0_TEXT = "2026-11-28T12:00:00Z"
 
 
 def test_rejected_calls_are_republished_once_with_replay_of_and_their_space() -> None:
@@ -27,7 +36,7 @@ def test_rejected_calls_are_republished_once_with_replay_of_and_their_space() ->
     first = replay_rejected(reader, publisher, TOPIC, Filters())
 
     assert [(t, d, a) for t, d, a in publisher.published] == [
-        (TOPIC, b'{"a":1}', {"space": "mkt", "x": "1", "replay_of": "m1"})
+        (TOPIC, b'{"a":1}', {"space": "mkt", "x": "1", "replay_of": "m1", "original_publish_time": T0_TEXT})
     ]
     [record] = reader.ops["replays"]
     assert record["original_message_id"] == "m1" and record["call_index"] == 0
@@ -98,14 +107,120 @@ def test_filters_reach_the_query_as_parameters() -> None:
     assert [a["replay_of"] for _, _, a in publisher.published] == ["m1", "m3"]
 
 
-def test_one_call_of_a_batch_is_replayed_alone_in_its_envelope() -> None:
-    envelope = {"context": {"library": "x"}, "batch": [{"messageId": "a"}, {"messageId": "b"}, {"messageId": "c"}]}
-    assert json.loads(replay_payload(json.dumps(envelope), 1)) == {
+def test_replay_payload_publishes_what_ingest_stored_and_cuts_a_call_out_of_an_older_whole_envelope() -> None:
+    stored = '{"batch":[{"messageId":"b"}],"sentAt":"2026-11-01T12:00:09Z","context":{"library":"x"}}'
+    assert replay_payload(stored, 1) == stored.encode(), "a call stored alone in its envelope goes out as stored"
+    whole = {"context": {"library": "x"}, "batch": [{"messageId": "a"}, {"messageId": "b"}, {"messageId": "c"}]}
+    assert json.loads(replay_payload(json.dumps(whole), 1)) == {
         "context": {"library": "x"},
-        "batch": [{"messageId": "b"}],
+        "batch": [whole["batch"][1]],
     }
     assert replay_payload('{"messageId": "a"}', 0) == b'{"messageId": "a"}'
     assert replay_payload("not json", None) == b"not json"
+
+
+def test_replay_of_a_replay_keeps_the_first_originals_publish_time() -> None:
+    first = replay.replay_attributes({"space": "mkt"}, "m1", T0)
+    assert first == {"space": "mkt", "replay_of": "m1", "original_publish_time": T0_TEXT}
+    again = replay.replay_attributes(first, "new-1", T0 + timedelta(days=2))
+    assert again == {"space": "mkt", "replay_of": "new-1", "original_publish_time": T0_TEXT}
+
+
+# -- a replay lands where the original delivery would have -------------------------------------------------
+
+ENVELOPE_SETTINGS = Settings(ingest_deadline_seconds=30, spaces={"marketing": SpaceConfig(space_ids=("spa_mkt",))})
+ORIGINAL_PUBLISHED = datetime(2026, 11, 1, 12, 0, 30, tzinfo=UTC)
+
+
+def _pubsub(data: bytes, message_id: str, published: datetime, attributes: dict[str, str]) -> PubSubMessage:
+    return PubSubMessage(message_id, base64.b64encode(data).decode(), published, attributes, "sub")
+
+
+def _refuse_row_once(monkeypatch: pytest.MonkeyPatch, row_id: str) -> None:
+    """BigQuery refuses one row of the first delivery (a wrong-typed value forced into it after fitting: what
+    a column re-created with another type between fitting and writing gives), and nothing afterwards."""
+    real = ingest_module.fit_rows
+
+    def fit_rows(*args: Any) -> Fitted:
+        fitted = real(*args)
+        for row in fitted.rows:
+            if row["id"] == row_id:
+                row["plan_score"] = "not a number"
+        monkeypatch.setattr(ingest_module, "fit_rows", real)
+        return fitted
+
+    monkeypatch.setattr(ingest_module, "fit_rows", fit_rows)
+
+
+def _rows(fake: StrictFakeBigQuery, dataset: str, table: str) -> dict[str, dict[str, Any]]:
+    return {
+        r["id"]: {k: v for k, v in r.items() if k != "loaded_at"}
+        for r in fake.rows.get(f"{fake.project}.{dataset}.{table}", [])
+    }
+
+
+def test_a_refused_call_of_a_batch_replays_from_its_stored_row_to_what_the_original_would_have_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the rejected_messages row exactly as ingest stores it: the call is routed by the envelope's
+    context.personas.space_id (no `space` attribute), and has no timestamp of its own, so its event time
+    comes from the original's publish time and the envelope's sentAt. The replay must land in the same
+    dataset with the same received_at and timestamp as the original delivery would have written."""
+    calls = [
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "a",
+            "originalTimestamp": "2026-11-01T11:59:50Z",
+            "traits": {"plan_score": 1},
+        },
+        {
+            "type": "identify",
+            "userId": "u2",
+            "messageId": "b",
+            "originalTimestamp": "2026-11-01T11:59:55Z",
+            "traits": {"plan_score": 2},
+        },
+    ]
+    envelope = {"sentAt": "2026-11-01T12:00:00Z", "context": {"personas": {"space_id": "spa_mkt"}}, "batch": calls}
+    data = json.dumps(envelope).encode()
+    original = _pubsub(data, "orig-1", ORIGINAL_PUBLISHED, {})
+
+    # What the original delivery writes when nothing goes wrong (the reference).
+    clean = StrictFakeBigQuery()
+    ingest(original, Warehouse(clean, sleep=lambda _: None), ENVELOPE_SETTINGS)  # type: ignore[arg-type]
+    expected = _rows(clean, "personas_marketing", "identifies")
+    assert set(expected) == {"a", "b"}
+
+    # The original delivery with call 1's row refused by BigQuery: a row_refused rejection of call 1.
+    fake = StrictFakeBigQuery()
+    warehouse = Warehouse(fake, sleep=lambda _: None)  # type: ignore[arg-type]
+    _refuse_row_once(monkeypatch, "b")
+    outcome = ingest(original, warehouse, ENVELOPE_SETTINGS)
+    assert [(r.error_class, r.call_index) for r in outcome.rejections] == [("row_refused", 1)]
+    [stored] = fake.rows[f"{fake.project}.personas__ops.rejected_messages"]
+
+    # Replay that row as BigQuery returns it (TIMESTAMP columns come back as datetimes).
+    reader, publisher = FakeReader(project=fake.project), FakePublisher()
+    row = {**stored, "publish_time": datetime.fromisoformat(stored["publish_time"])}
+    reader.ops["rejected_messages"] = [row]
+    summary = replay_rejected(reader, publisher, TOPIC, Filters())
+    assert len(summary.published) == 1
+    [(_, republished, attributes)] = publisher.published
+    assert attributes == {"replay_of": "orig-1", "original_publish_time": "2026-11-01T12:00:30Z"}
+
+    # Pub/Sub delivers the replay days later, with a publish time of its own.
+    ingest(
+        _pubsub(republished, "new-1", ORIGINAL_PUBLISHED + timedelta(days=3), attributes), warehouse, ENVELOPE_SETTINGS
+    )
+
+    assert _rows(fake, "personas_marketing", "identifies") == expected
+    assert "personas-test.personas_default.identifies" not in fake.rows, "routed by the envelope, not the default"
+    landed = expected["b"]
+    assert (landed["received_at"], landed["timestamp"]) == (
+        "2026-11-01T12:00:30.000000Z",
+        "2026-11-01T12:00:25.000000Z",
+    )
 
 
 def test_dead_letters_are_acked_only_after_a_successful_republish() -> None:
@@ -126,7 +241,8 @@ def test_dead_letters_are_acked_only_after_a_successful_republish() -> None:
 
     summary = replay_dead_letters(reader, publisher, TOPIC, sub, SUB, Filters(space="mkt"), progress=progress)
 
-    assert [(d, a) for _, d, a in publisher.published] == [(b'{"ok":1}', {"space": "mkt", "replay_of": "d1"})]
+    attributes = {"space": "mkt", "replay_of": "d1", "original_publish_time": T0_TEXT}
+    assert [(d, a) for _, d, a in publisher.published] == [(b'{"ok":1}', attributes)]
     assert sub.acked == ["d1"], "only the republished message is acked"
     assert set(sub.messages) == {"d2", "d3"} and not sub.leased, "the others are handed back"
     assert [r["outcome"] for r in reader.ops["replays"]] == ["published", "publish_failed"]
@@ -190,7 +306,9 @@ def test_space_filter_matches_a_call_refused_before_routing_by_its_space_attribu
     reader.reject("m1", 0, "schema_violation", "mkt", space_column=None)
     reader.reject("m2", 0, "schema_violation", "sales", space_column=None)
     replay_rejected(reader, publisher, TOPIC, Filters(space="mkt"))
-    assert [a for _, _, a in publisher.published] == [{"space": "mkt", "replay_of": "m1"}]
+    assert [a for _, _, a in publisher.published] == [
+        {"space": "mkt", "replay_of": "m1", "original_publish_time": T0_TEXT}
+    ]
     assert reader.ops["replays"][0]["space"] == "mkt"
 
 

@@ -29,6 +29,33 @@ def test_sync_lag_is_now_minus_the_last_successful_watermark() -> None:
     assert (mkt["last_status"], mkt["last_success"]) == ("failure", "2026-11-28T12:00:00Z")
 
 
+def test_each_derived_table_has_its_last_run_and_an_old_history_row_counts_as_users() -> None:
+    reader = FakeReader()
+    reader.row("mkt", "identifies", "a")
+    reader.sync("mkt", "success", T0, watermark=T0, table=None)  # written before sync_history named tables
+    reader.sync("mkt", "failure", T0 + timedelta(hours=1), watermark=None, table="identities")
+    tables = collect(reader)["mkt"]["tables"]
+    assert tables["users"]["lag_seconds"] == 2 * 3600  # type: ignore[index]
+    assert tables["identities"]["last_status"] == "failure" and tables["identities"]["lag_seconds"] is None  # type: ignore[index]
+
+
+def test_duplicate_user_ids_are_reported_and_none_is_zero() -> None:
+    reader = FakeReader()
+    for user in ("u1", "u2", "u2", "u3"):
+        reader.row("mkt", "users_state", user)
+    for user in ("u1", "u2"):
+        reader.row("ok", "users_state", user)
+    reader.row("fresh", "identifies", "a")  # no users_state yet: unknown, not 0
+    by = collect(reader)
+    assert (by["mkt"]["duplicate_user_ids"], by["ok"]["duplicate_user_ids"], by["fresh"]["duplicate_user_ids"]) == (
+        1,
+        0,
+        None,
+    )
+    text = status.render(status.collect(reader, now=lambda: NOW))
+    assert "DUPLICATES    mkt: users_state holds 1 extra rows (expected 0)" in text and "DUPLICATES    ok" not in text
+
+
 def test_a_space_never_synced_has_no_lag() -> None:
     reader = FakeReader()
     reader.row("new", "identifies", "a")

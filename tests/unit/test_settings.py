@@ -12,7 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from personas_warehouse import settings as settings_module
-from personas_warehouse.settings import ConfigError, Settings, SpaceConfig, load_config_file, load_settings
+from personas_warehouse.settings import (
+    ConfigError,
+    ConfigFile,
+    PersonasEvents,
+    Settings,
+    SpaceConfig,
+    SpacePolicy,
+    load_config_file,
+    load_settings,
+)
+from schemas import config as config_schema_module
 from tests.unit._support import FAST
 
 EXAMPLE = {
@@ -88,6 +98,7 @@ def test_every_variable_is_read() -> None:
         "BIGQUERY_PROJECT": "my-project",
         "BIGQUERY_LOCATION": "EU",
         "BIGQUERY_EMULATOR_HOST": "http://localhost:9050",
+        "BIGQUERY_EMULATOR_GRPC_HOST": "localhost:9060",
         "DEFAULT_SPACE": "main",
         "OPS_DATASET": "warehouse_ops",
         "MAX_MESSAGE_BYTES": "2048",
@@ -101,6 +112,7 @@ def test_every_variable_is_read() -> None:
         project="my-project",
         location="EU",
         bigquery_emulator_host="http://localhost:9050",
+        bigquery_emulator_grpc_host="localhost:9060",
         default_space="main",
         ops_dataset="warehouse_ops",
         max_message_bytes=2048,
@@ -274,21 +286,16 @@ def test_json_example(tmp_path: Path) -> None:
 
 
 def test_docstring_example_yaml(tmp_path: Path) -> None:
-    text = """\
-spaces:
-  marketing:                      # slug: dataset personas_marketing
-    space_ids: [spa_9f8d2]        # context.personas.space_id values routed to this space
-    disabled_tables: [audience_exited]
-    disabled_columns:
-      "*": [email]                # every table of the space
-      identifies: [internal_score]
-"""
-    assert load_config_file(write(tmp_path, text)) == {"marketing": EXAMPLE_SPACES["marketing"]}
+    """The example of schemas/config.py's docstring is a valid config, read as it says."""
+    assert config_schema_module.__doc__ is not None
+    example = "\n".join(line[4:] for line in config_schema_module.__doc__.splitlines() if line.startswith("    "))
+    config = load_config_file(write(tmp_path, example))
+    assert config == ConfigFile({"marketing": EXAMPLE_SPACES["marketing"]}, SpacePolicy("any", 20))
 
 
 @pytest.mark.parametrize("text", ["", "# nothing\n", "spaces: {}\n", "{}\n", "spaces:\n  # marketing: {}\n"])
 def test_empty_config(tmp_path: Path, text: str) -> None:
-    assert load_config_file(write(tmp_path, text)) == {}
+    assert load_config_file(write(tmp_path, text)) == ConfigFile({}, SpacePolicy())
 
 
 @pytest.mark.parametrize(
@@ -472,3 +479,100 @@ def test_write_group_max_wait_is_a_non_negative_number(value: str, message: str)
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
         load_settings({"WRITE_GROUP_MAX_WAIT_MS": value})
     assert load_settings({"WRITE_GROUP_MAX_WAIT_MS": "0"}).write_group_max_wait_ms == 0
+
+
+# --- space datasets: access entries and key ------------------------------------------------------------
+
+SA = "serviceAccount:personas-ingest@p.iam.gserviceaccount.com"
+
+
+def test_space_dataset_variables_are_read() -> None:
+    env = {
+        "SPACE_DATASET_WRITERS": f"{SA}, serviceAccount:personas-sync@p.iam.gserviceaccount.com,",
+        "SPACE_DATASET_READERS": "group:analysts@example.com",
+        "SPACE_DATASET_KMS_KEY": "projects/p/locations/us/keyRings/r/cryptoKeys/k",
+    }
+    found = load_settings(env).space_datasets
+    assert found.writers == (SA, "serviceAccount:personas-sync@p.iam.gserviceaccount.com")
+    assert found.readers == ("group:analysts@example.com",)
+    assert found.kms_key_name == "projects/p/locations/us/keyRings/r/cryptoKeys/k"
+    assert load_settings({}).space_datasets == settings_module.SpaceDatasets()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SPACE_DATASET_WRITERS": "personas@p.iam.gserviceaccount.com"}, "are not serviceAccount:"),
+        ({"SPACE_DATASET_READERS": "allUsers"}, "are not serviceAccount:"),
+        ({"SPACE_DATASET_READERS": "user:a@b.c user:d@e.f"}, "are not serviceAccount:"),
+        ({"SPACE_DATASET_KMS_KEY": "projects/p/keyRings/r/cryptoKeys/k"}, "SPACE_DATASET_KMS_KEY must be"),
+    ],
+)
+def test_bad_space_dataset_variables_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+# --- space policy and Personas event names -------------------------------------------------------------
+
+
+def test_space_policy_defaults_to_any_space_up_to_20_datasets(tmp_path: Path) -> None:
+    assert Settings().space_policy == SpacePolicy("any", 20)
+    path = write(tmp_path, {"space_policy": {"allow": "listed"}, "spaces": {"default": {}, "mkt": {}}})
+    assert load_settings({"PERSONAS_CONFIG": str(path)}).space_policy == SpacePolicy("listed", 20)
+
+
+@pytest.mark.parametrize(
+    ("policy", "errors"),
+    [
+        ({"allow": "some"}, {"space_policy": {"allow": ["Must be one of: any, listed."]}}),
+        ({"max_space_datasets": 0}, {"space_policy": {"max_space_datasets": ["Must be greater than or equal to 1."]}}),
+        ({"max_space_datasets": "5"}, {"space_policy": {"max_space_datasets": ["Not a valid integer."]}}),
+        ({"max": 5}, {"space_policy": {"max": ["Unknown field."]}}),
+    ],
+)
+def test_bad_space_policies_are_refused(tmp_path: Path, policy: object, errors: object) -> None:
+    assert json.loads(config_error(tmp_path, {"space_policy": policy})) == errors
+
+
+def test_listed_spaces_must_list_the_default_space(tmp_path: Path) -> None:
+    path = write(tmp_path, {"space_policy": {"allow": "listed"}, "spaces": {"mkt": {}}})
+    with pytest.raises(ConfigError, match="DEFAULT_SPACE='default' is not under spaces"):
+        load_settings({"PERSONAS_CONFIG": str(path)})
+    assert load_settings({"PERSONAS_CONFIG": str(path), "DEFAULT_SPACE": "mkt"}).default_space == "mkt"
+
+
+def test_personas_event_names_are_configured_per_space(tmp_path: Path) -> None:
+    events = {"audience_entered": "Joined Segment", "audience_exited": "Left Segment"}
+    path = write(tmp_path, {"spaces": {"mkt": {"personas_events": events}, "other": {}}})
+    loaded = load_settings({"PERSONAS_CONFIG": str(path)})
+    mkt = loaded.space("mkt").personas_events
+    assert mkt == PersonasEvents("Joined Segment", "Left Segment", "Trait Computed")
+    assert loaded.space("other").personas_events == loaded.space("unknown").personas_events == PersonasEvents()
+    assert [mkt.role_of(e) for e in ("Joined Segment", "Left Segment", "Trait Computed", "Audience Entered")] == [
+        "audience_entered",
+        "audience_exited",
+        "trait_computed",
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ({"audience_entered": "Trait Computed"}, "must differ"),
+        ({"audience_entered": ""}, "Not a plain event name"),
+        ({"audience_entered": " Audience Entered"}, "Not a plain event name"),
+        ({"audience_entered": "Audience\nEntered"}, "Not a plain event name"),
+        ({"audience_entered": 5}, "Not a valid string"),
+        ({"audience_left": "X"}, "Unknown field"),
+    ],
+)
+def test_bad_personas_event_names_are_refused(tmp_path: Path, events: object, message: str) -> None:
+    assert message in config_error(tmp_path, {"spaces": {"mkt": {"personas_events": events}}})
+
+
+def test_personas_event_names_that_make_one_table_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, {"spaces": {"mkt": {"personas_events": {"audience_entered": "audience exited"}}}})
+    with pytest.raises(ConfigError, match="same table"):
+        load_settings({"PERSONAS_CONFIG": str(path)})

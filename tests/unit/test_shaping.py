@@ -81,10 +81,10 @@ def test_identify_fixture() -> None:
             "original_timestamp": "2026-03-01T09:00:01.000000Z",
             "timestamp": "2026-03-01T09:00:01.000000Z",
         },
-        cells=[
-            *strings(PERSONAS_CONTEXT),
+        cells=[  # in the order the call sent them (marshmallow would put its declared `personas` first)
             Cell("context.library.name", "context_library_name", STRING, "unknown"),
             Cell("context.library.version", "context_library_version", STRING, "unknown"),
+            *strings(PERSONAS_CONTEXT),
             Cell("traits.first_time_shopper", "first_time_shopper", BOOL, True),
             Cell("traits.email", "email", STRING, "ada@example.com"),
             Cell("traits.totalRevenue180Days", "total_revenue180_days", INT64, 450),

@@ -1,9 +1,10 @@
 """The Storage Write API writer (BIGQUERY_WRITER=storage_write) through the real Warehouse adapter and
 ingest(), over fakes as strict as BigQuery (tests.write_fakes.FakeWriteClient for the Write API, sharing
 the tables of tests.fakes.StrictFakeBigQuery): rows durable before return, typed as BigQuery reads proto
-rows, row errors back to exactly their rows, a table whose columns changed read again and the descriptor
-rebuilt, transient errors retried within the deadline and then TransientError, requests split within
-the Write API's 10 MB."""
+rows, row errors back to exactly their rows, a table whose columns changed read again, transient errors
+retried within the deadline and then TransientError, a request BigQuery calls malformed raised at once,
+requests split within the Write API's 10 MB, and connections kept per table. The Write API's lag behind
+a new column: tests/unit/test_schema_lag.py."""
 
 from __future__ import annotations
 
@@ -14,26 +15,29 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
-from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import types
 
 import personas_warehouse.ingest as ingest_module
 from personas_warehouse import naming
 from personas_warehouse.bigquery import Deadline, Warehouse
-from personas_warehouse.errors import TransientError
+from personas_warehouse.errors import RequestRefused, TransientError
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import ConfigError, Settings, load_settings
-from personas_warehouse.storage_write import (
+from personas_warehouse.writers.insert_all import InsertAllWriter
+from personas_warehouse.writers.storage_write import (
     APPEND_BYTES_PER_REQUEST,
+    CONNECTION_SECONDS,
+    MIN_CONNECTION_LIFE,
     WRITE_API_MAX_REQUEST_BYTES,
-    StorageWriter,
+    StorageWriteWriter,
     build_layout,
+    extra_fields,
     timestamp_micros,
 )
 from schemas.tables import spec
 from tests.fakes import FakeClock, StrictFakeBigQuery
-from tests.write_fakes import INTERNAL, UNAVAILABLE, WRITE_API_LIMIT_BYTES, FakeWriteClient
+from tests.write_fakes import INTERNAL, INVALID_ARGUMENT, UNAVAILABLE, WRITE_API_LIMIT_BYTES, FakeWriteClient
 
 DATASET = "personas_default"
 IDENTIFIES = "personas-test.personas_default.identifies"
@@ -57,10 +61,15 @@ def write(bq: StrictFakeBigQuery) -> FakeWriteClient:
 
 
 @pytest.fixture
-def warehouse(bq: StrictFakeBigQuery, write: FakeWriteClient, clock: FakeClock) -> Warehouse:
-    found = Warehouse(bq, sleep=clock.advance)  # type: ignore[arg-type]
-    found.storage_writer = StorageWriter(write, bq.project, found, sleep=clock.advance)  # type: ignore[arg-type]
-    return found
+def writer(bq: StrictFakeBigQuery, write: FakeWriteClient, clock: FakeClock) -> StorageWriteWriter:
+    return StorageWriteWriter(write, bq.project, sleep=clock.advance, clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def warehouse(bq: StrictFakeBigQuery, writer: StorageWriteWriter, clock: FakeClock) -> Warehouse:
+    """As app.py builds it: the Write API, then insertAll for the rows whose columns it does not see yet."""
+    insert_all = InsertAllWriter(bq, sleep=clock.advance)  # type: ignore[arg-type]
+    return Warehouse(bq, writers=[writer, insert_all], sleep=clock.advance)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -93,24 +102,29 @@ def test_fake_write_client_is_strict(
     layout = build_layout({"id": "STRING", "nope": "STRING"})
     stream = "projects/personas-test/datasets/personas_default/tables/identifies/streams/_default"
 
-    def request(**fields: Any) -> types.AppendRowsRequest:
+    def request(row: dict[str, Any], descriptor: Any = layout.descriptor, **fields: Any) -> types.AppendRowsRequest:
         proto = types.AppendRowsRequest.pb()(**fields)
-        proto.proto_rows.writer_schema.proto_descriptor.CopyFrom(layout.descriptor)
-        proto.proto_rows.rows.serialized_rows.append(layout.encode({"id": "x" * 11_000_000}))
+        proto.proto_rows.writer_schema.proto_descriptor.CopyFrom(descriptor)
+        proto.proto_rows.rows.serialized_rows.append(layout.encode(row))
         return types.AppendRowsRequest.wrap(proto)
 
+    def append(*requests: types.AppendRowsRequest) -> list[types.AppendRowsResponse]:
+        return list(write.append_rows(iter(requests), retry=None, timeout=5))
+
     with pytest.raises(gexc.NotFound, match="Stream not found"):
-        write.append_rows(iter([request()]))
+        append(request({"id": "x"}))
     with pytest.raises(gexc.InvalidArgument, match="too large"):
-        write.append_rows(iter([request(write_stream=stream)]))
-    small = types.AppendRowsRequest.pb()(write_stream=stream)
-    small.proto_rows.writer_schema.proto_descriptor.CopyFrom(layout.descriptor)
-    with pytest.raises(gexc.InvalidArgument, match="more fields than BigQuery schema, extra fields: 'nope'"):
-        write.append_rows(iter([types.AppendRowsRequest.wrap(small)]))
-    wrong = build_layout({"id": "INT64"})
-    small.proto_rows.writer_schema.proto_descriptor.CopyFrom(wrong.descriptor)
+        append(request({"id": "x" * 11_000_000}, write_stream=stream))
+    [refused] = append(request({"id": "x"}, write_stream=stream))  # refused in its answer, as BigQuery does
+    assert refused.error.code == INVALID_ARGUMENT
+    assert refused.error.message.startswith("Input schema has more fields than BigQuery schema, extra fields: 'nope'")
+    assert extra_fields(refused.error.message, refused.error.details) == ("nope",)
+    assert extra_fields("", refused.error.details) == ("nope",)  # from the StorageError detail alone
     with pytest.raises(gexc.InvalidArgument, match="mismatched"):
-        write.append_rows(iter([types.AppendRowsRequest.wrap(small)]))
+        append(request({"id": "x"}, build_layout({"id": "INT64"}).descriptor, write_stream=stream))
+    without_schema = types.AppendRowsRequest(write_stream=stream)
+    with pytest.raises(gexc.InvalidArgument, match="Writer schema is missing"):
+        append(without_schema)
     assert write.rows == {}
 
 
@@ -202,32 +216,30 @@ def test_a_refused_row_is_recorded_as_row_refused_by_ingest(write: FakeWriteClie
 # -- schema changes ------------------------------------------------------------------------------------------
 
 
-def test_a_column_added_after_the_descriptor_was_built_is_picked_up(
-    bq: StrictFakeBigQuery, write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock
+def test_a_column_added_after_the_layout_was_built_is_picked_up(
+    write: FakeWriteClient, warehouse: Warehouse, writer: StorageWriteWriter, clock: FakeClock
 ) -> None:
-    """ingest adds `new_audience` after this instance built its descriptor; the Write API itself does not
-    see the column for two more appends (BigQuery's lag): the writer reads the table again, rebuilds the
-    descriptor, backs off, and the row lands before the deadline."""
+    """ingest adds `new_audience` after this instance built its layout: the writer reads the table again
+    (only its own table), and the row lands by the Write API with the column in its descriptor."""
     ingest(message(identify("c-1", score=1)), warehouse, SETTINGS)
     reads = []
     original = warehouse.existing_schema
     warehouse.existing_schema = lambda *a: reads.append(a[:2]) or original(*a)  # type: ignore[method-assign]
-    write.hidden = {"new_audience": 2}
     ingest(message(identify("c-2", new_audience=True), "m-2"), warehouse, SETTINGS)
     assert [r.get("new_audience") for r in write.rows[IDENTIFIES]] == [None, True]
-    assert reads and all(r == (DATASET, "identifies") for r in reads)
-    assert 0 < clock.now < 30
-    assert len([1 for key, _, _ in write.requests if key == IDENTIFIES]) == 4  # 1, then 2 refused, 1 landed
+    assert reads == [(DATASET, "identifies")]
+    descriptors = [fields for table, fields in write.descriptors if table == IDENTIFIES]
+    assert "new_audience" in descriptors[-1] and not any("new_audience" in d for d in descriptors[:-1])
 
 
-def test_a_lagging_schema_past_the_deadline_raises_transient(
+def test_a_descriptor_carries_only_the_fields_its_rows_carry(
     write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock
 ) -> None:
-    ensure(warehouse, clock, fresh="STRING")
-    write.hidden = {"fresh": 10_000}
-    with pytest.raises(TransientError):
-        warehouse.insert(DATASET, "identifies", [{"id": "a", "fresh": "x"}], ["a"], Deadline(10, clock=clock))
-    assert clock.now <= 10 and write.rows == {}
+    ensure(warehouse, clock, a="STRING", b="INT64", c="BOOL")
+    rows = [{"id": "r1", "a": "x"}, {"id": "r2", "b": 2, "c": None}]
+    assert warehouse.insert(DATASET, "identifies", rows, ["r1", "r2"], Deadline(30, clock=clock)) == []
+    assert write.descriptors == [(IDENTIFIES, frozenset({"id", "a", "b"}))]
+    assert write.rows[IDENTIFIES] == [{"id": "r1", "a": "x"}, {"id": "r2", "b": 2}]
 
 
 def test_a_dropped_table_raises_transient_and_is_forgotten(
@@ -265,13 +277,36 @@ def test_transient_errors_past_the_deadline_raise_transient_error(
     assert clock.now <= 20 and IDENTIFIES not in write.rows
 
 
-def test_a_request_bigquery_calls_malformed_is_not_retried(
-    write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock
+@pytest.mark.parametrize(
+    "failure",
+    [
+        gexc.InvalidArgument("Request is malformed"),
+        gexc.InvalidArgument("Invalid proto field: the field name is not valid"),  # says "field", is no lag
+        (INVALID_ARGUMENT, "Field id has an invalid descriptor"),
+        (9, "FAILED_PRECONDITION: something we never expect"),
+    ],
+)
+def test_a_request_bigquery_calls_malformed_is_raised_at_once_and_the_table_forgotten(
+    write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock, failure: Exception | tuple[int, str]
 ) -> None:
+    """Only SCHEMA_MISMATCH_EXTRA_FIELDS is schema lag: anything else that BigQuery calls a bad request is
+    raised at once (not retried until the deadline, then redelivered until dead-lettered), and the table's
+    cached schema is dropped so a redelivery starts from a fresh read."""
     ensure(warehouse, clock)
-    write.failures = [gexc.InvalidArgument("Request is malformed")]
-    with pytest.raises(gexc.InvalidArgument):
+    write.failures = [failure]
+    with pytest.raises((gexc.InvalidArgument, RequestRefused)):
         warehouse.insert(DATASET, "identifies", [{"id": "a"}], ["a"], Deadline(20, clock=clock))
+    assert clock.now == 0 and len(write.requests) == 1
+    assert (DATASET, "identifies") not in warehouse._schemas
+
+
+def test_extra_fields_reads_only_the_schema_mismatch_answer() -> None:
+    text = "Input schema has more fields than BigQuery schema, extra fields: 'a,B' Entity: projects/p/x/_default"
+    assert extra_fields(text, []) == ("a", "b")
+    assert extra_fields(text.replace("'a,B'", "'tag_foo2'"), None) == ("tag_foo2",)
+    assert extra_fields("Input schema has more fields", []) is None
+    assert extra_fields("Field x: value out of range", []) is None
+    assert extra_fields("Request is malformed: schema", []) is None
 
 
 # -- requests within the Write API's limits ----------------------------------------------------------------
@@ -318,38 +353,97 @@ def test_a_new_trait_and_a_track_through_ingest(write: FakeWriteClient, warehous
     assert write.rows[IDENTIFIES][0]["score"] == 3
 
 
+# -- connections -------------------------------------------------------------------------------------------
+
+
+def test_appends_to_a_table_share_one_kept_connection(
+    write: FakeWriteClient, warehouse: Warehouse, writer: StorageWriteWriter, clock: FakeClock
+) -> None:
+    for n in range(5):
+        ingest(message(identify(f"c-{n}", score=n), f"m-{n}"), warehouse, SETTINGS)
+        clock.advance(1)
+    assert len(write.rows[IDENTIFIES]) == 5
+    assert (writer.appends, write.connections) == (5, 1)
+
+
+def test_a_kept_connection_is_taken_only_while_it_has_life_left_and_no_more_than_the_callers_time(
+    write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock
+) -> None:
+    ensure(warehouse, clock)
+
+    def insert(row_id: str, seconds: float) -> None:
+        assert warehouse.insert(DATASET, "identifies", [{"id": row_id}], [row_id], Deadline(seconds, clock=clock)) == []
+
+    insert("a", 30)  # opens one that lives CONNECTION_SECONDS
+    insert("b", CONNECTION_SECONDS / 2)  # its wait for an answer could outlast this caller: a new one
+    insert("c", 30)  # the first again (or the second: either fits)
+    assert write.connections == 2
+    clock.advance(CONNECTION_SECONDS - MIN_CONNECTION_LIFE + 0.1)
+    insert("d", 30)  # both are too close to their end now
+    assert write.connections == 3
+    assert [r["id"] for r in write.rows[IDENTIFIES]] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        gexc.ServiceUnavailable("Socket closed"),
+        gexc.Aborted("Closing the stream because it has been inactive for 600 seconds. Entity: ..."),
+        gexc.Unknown("There was a problem opening the stream"),
+    ],
+)
+def test_a_kept_connection_that_broke_is_replaced_for_that_append_without_a_backoff(
+    write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock, lost: Exception
+) -> None:
+    """A connection kept across requests can be gone when the next request comes (the server closed it,
+    or it broke while the instance had no CPU): the append goes again at once on a new connection."""
+    ingest(message(identify("c-1")), warehouse, SETTINGS)
+    write.failures = [lost]
+    ingest(message(identify("c-2"), "m-2"), warehouse, SETTINGS)
+    assert [r["id"] for r in write.rows[IDENTIFIES]] == ["c-1", "c-2"]
+    assert write.connections == 2 and clock.now == 0
+
+
+def test_a_connection_is_not_kept_once_the_tables_columns_changed(
+    write: FakeWriteClient, warehouse: Warehouse, clock: FakeClock
+) -> None:
+    """bqemulator decodes a connection's rows into the table as it was when the connection opened (a later
+    column is dropped); Google's Java client reconnects on a schema update too."""
+    ingest(message(identify("c-1")), warehouse, SETTINGS)
+    ingest(message(identify("c-2", fresh="x"), "m-2"), warehouse, SETTINGS)
+    ingest(message(identify("c-3", fresh="y"), "m-3"), warehouse, SETTINGS)
+    assert write.connections == 2
+    assert [r.get("fresh") for r in write.rows[IDENTIFIES]] == [None, "x", "y"]
+
+
 # -- configuration ---------------------------------------------------------------------------------------------
 
 
 def test_writer_setting_is_validated() -> None:
-    assert load_settings({}).bigquery_writer == "insert_all"
-    assert load_settings({"BIGQUERY_WRITER": "storage_write"}).bigquery_writer == "storage_write"
+    assert load_settings({}).bigquery_writer == "storage_write"  # the default: docs/writers.md
+    assert load_settings({"BIGQUERY_WRITER": "insert_all"}).bigquery_writer == "insert_all"
     with pytest.raises(ConfigError, match="BIGQUERY_WRITER='streaming' must be one of insert_all, storage_write"):
         load_settings({"BIGQUERY_WRITER": "streaming"})
     with pytest.raises(ConfigError, match="needs BIGQUERY_EMULATOR_GRPC_HOST"):
-        load_settings({"BIGQUERY_WRITER": "storage_write", "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"})
+        load_settings({"BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"})
+    assert load_settings({"BIGQUERY_WRITER": "insert_all", "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"})
     local = {"BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050", "BIGQUERY_EMULATOR_GRPC_HOST": "127.0.0.1:9060"}
     assert load_settings({**local, "BIGQUERY_WRITER": "storage_write"}).bigquery_emulator_grpc_host == "127.0.0.1:9060"
 
 
-def test_insert_all_stays_the_default_path(bq: StrictFakeBigQuery, clock: FakeClock) -> None:
-    plain = Warehouse(bq, sleep=clock.advance)  # type: ignore[arg-type]
-    plain.ensure_table(DATASET, "identifies", spec("identifies"), Deadline(30, clock=clock))
-    assert plain.insert(DATASET, "identifies", [{"id": "a"}], ["a"], Deadline(30, clock=clock)) == []
-    assert bq.insert_calls == 1 and bq.rows[IDENTIFIES] == [{"id": "a"}]
-    assert isinstance(bq.tables[IDENTIFIES], bigquery.Table)
-
-
-def test_the_function_builds_the_writer_its_settings_name(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_function_builds_the_writers_its_settings_name(monkeypatch: pytest.MonkeyPatch) -> None:
     import personas_warehouse.app as app
 
     local = {"bigquery_emulator_host": "http://127.0.0.1:1", "bigquery_emulator_grpc_host": "127.0.0.1:1"}
-    for writer, wanted in (("insert_all", type(None)), ("storage_write", StorageWriter)):
-        monkeypatch.setattr(app, "SETTINGS", Settings(project="p", bigquery_writer=writer, **local))
+    for name, wanted in (
+        ("insert_all", [InsertAllWriter]),
+        ("storage_write", [StorageWriteWriter, InsertAllWriter]),  # insertAll takes the rows the Write API defers
+    ):
+        monkeypatch.setattr(app, "SETTINGS", Settings(project="p", bigquery_writer=name, **local))
         app.warehouse.cache_clear()
         try:
             built = app.warehouse()
-            assert isinstance(built.storage_writer, wanted)
-            assert built.storage_writer is None or built.storage_writer.tables is built
+            assert [type(w) for w in built.writers] == wanted
+            assert built.writers[0].name == name
         finally:
             app.warehouse.cache_clear()

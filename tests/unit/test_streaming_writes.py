@@ -17,19 +17,18 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 import personas_warehouse.ingest as ingest_module
-from personas_warehouse.bigquery import (
-    INSERT_ALL_MAX_REQUEST_BYTES,
-    INSERT_ALL_MAX_ROWS,
-    INSERT_BYTES_PER_REQUEST,
-    INSERT_ROWS_PER_REQUEST,
-    Deadline,
-    Warehouse,
-)
+from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.errors import TransientError
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.shaping import Fitted
+from personas_warehouse.writers.insert_all import (
+    INSERT_ALL_MAX_REQUEST_BYTES,
+    INSERT_ALL_MAX_ROWS,
+    INSERT_BYTES_PER_REQUEST,
+    INSERT_ROWS_PER_REQUEST,
+)
 from schemas.tables import spec
 from tests.fakes import (
     DEDUP_WINDOW_SECONDS,
@@ -141,7 +140,7 @@ def test_a_row_too_big_alone_is_refused_and_its_neighbours_written(
     [rejected] = fake.rows[REJECTED]
     assert (rejected["error_class"], rejected["call_index"]) == ("row_refused", 1)
     assert "bytes as JSON" in json.loads(rejected["errors"])["identifies._row"][0]
-    assert rejected["data"].startswith('{"type":"identify","userId":"u123","messageId":"big"')  # the call's own
+    assert rejected["data"].startswith('{"batch":[{"type":"identify","userId":"u123","messageId":"big"')  # alone
     assert rejected["data_truncated"] is True
     assert max(size for _, size in request_sizes(fake, IDENTIFIES)) <= INSERT_BYTES_PER_REQUEST
 
@@ -200,7 +199,7 @@ def test_a_wrong_typed_row_is_recorded_with_its_own_call_and_its_neighbours_writ
     [rejected] = fake.rows[REJECTED]
     assert (rejected["error_class"], rejected["call_index"]) == ("row_refused", 1)
     assert list(json.loads(rejected["errors"])) == ["identifies.score"]
-    assert json.loads(rejected["data"]) == calls[1]  # that call's own JSON, not the whole batch
+    assert json.loads(rejected["data"]) == {"batch": [calls[1]]}  # that call alone in its envelope, not the batch
     assert rejected["data_truncated"] is False
 
 
@@ -225,9 +224,24 @@ def test_each_rejected_call_stores_its_own_data_and_a_whole_message_its_data(
     ingest(message([1, 2], "m-2"), warehouse, SETTINGS)  # not a call nor a batch: the whole message
     rows = {(r["message_id"], r["call_index"]): r for r in fake.rows[REJECTED]}
     assert set(rows) == {("m-1", 0), ("m-1", 2), ("m-2", None)}
-    assert json.loads(rows["m-1", 0]["data"]) == bad1
-    assert json.loads(rows["m-1", 2]["data"]) == bad2
+    assert json.loads(rows["m-1", 0]["data"]) == {"batch": [bad1]}
+    assert json.loads(rows["m-1", 2]["data"]) == {"batch": [bad2]}
     assert rows["m-2", None]["data"] == "[1, 2]"
+
+
+def test_a_refused_call_of_a_batch_is_stored_with_the_envelope_fields_decode_applied(
+    fake: StrictFakeBigQuery, warehouse: Warehouse
+) -> None:
+    """`sentAt` and an object `context` apply to every call of the batch, so they are stored with the call;
+    other envelope fields (never applied) are not, nor is a `context` that is no object."""
+    bad = {"type": "identify", "messageId": "b"}  # no userId
+    context = {"personas": {"space_id": "spa_x"}, "library": {"name": "segment"}}
+    envelope = {"sentAt": "2026-11-01T12:00:09Z", "context": context, "writeKey": "k", "batch": [identify("a"), bad]}
+    ingest(message(envelope, "m-1"), warehouse, SETTINGS)
+    ingest(message({"context": "not an object", "batch": [bad]}, "m-2"), warehouse, SETTINGS)
+    rows = {r["message_id"]: r for r in fake.rows[REJECTED]}
+    assert json.loads(rows["m-1"]["data"]) == {"batch": [bad], "sentAt": "2026-11-01T12:00:09Z", "context": context}
+    assert json.loads(rows["m-2"]["data"]) == {"batch": [bad]}
 
 
 def test_a_call_refused_by_two_tables_is_one_row_with_both_errors(
