@@ -16,6 +16,8 @@ from google.cloud import bigquery
 
 from tests import fake_sql
 
+_CREATE_FUNCTION = re.compile(r"CREATE OR REPLACE TABLE FUNCTION `([^`]+)`")
+
 
 class FakeBigQuery:
     def __init__(self, project: str = "personas-test") -> None:
@@ -26,6 +28,7 @@ class FakeBigQuery:
         self.tables: dict[str, bigquery.Table] = {}
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.insert_calls = 0
+        self.routines: set[str] = set()  # `project.dataset.name` of the functions the statements created
         # Hook per insert: (table_ref, rows) -> row errors to answer, or raise.
         self.on_insert: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
@@ -37,6 +40,16 @@ class FakeBigQuery:
         if key not in self.tables:
             raise gexc.NotFound(f"table {key}")
         return self.tables[key]
+
+    def get_routine(self, ref: str, **_: Any) -> Any:
+        if ref not in self.routines:
+            raise gexc.NotFound(f"routine {ref}")
+        return ref
+
+    def created_routine(self, text: str) -> None:
+        """Keep the function a `CREATE OR REPLACE TABLE FUNCTION` statement (sent as a query) creates."""
+        if made := _CREATE_FUNCTION.match(text):
+            self.routines.add(made[1])
 
     def create_dataset(self, dataset: bigquery.Dataset, exists_ok: bool = False, **_: Any) -> bigquery.Dataset:
         if dataset.dataset_id in self.datasets and not exists_ok:

@@ -50,7 +50,8 @@ VERSIONS = f"zetasql-{importlib.metadata.version('zetasql')}-wasmtime-{importlib
 CACHE_DIR = Path(os.environ.get("ZETASQL_CACHE_DIR") or Path(__file__).resolve().parent.parent / ".cache" / "zetasql")
 
 # BigQuery's language features, after GoogleCloudPlatform/zetasql-toolkit's BigQueryLanguageOptions
-# (Google's own mapping of BigQuery onto ZetaSQL), minus DDL-only ones no statement here needs.
+# (Google's own mapping of BigQuery onto ZetaSQL), minus DDL-only ones no statement here needs (the
+# table function users_history keeps is one it needs).
 _FEATURES = """
 ANALYTIC_FUNCTIONS BIGNUMERIC_TYPE CBRT_FUNCTIONS CREATE_VIEW_WITH_COLUMN_LIST DML_UPDATE_WITH_JOIN
 GEOGRAPHY GROUP_BY_ROLLUP INTERVAL_TYPE INVERSE_TRIG_FUNCTIONS JSON_ARRAY_FUNCTIONS JSON_TYPE
@@ -64,10 +65,18 @@ V_1_3_DATE_TIME_CONSTRUCTORS V_1_3_DECIMAL_ALIAS V_1_3_EXTENDED_DATE_TIME_SIGNAT
 V_1_3_IS_DISTINCT V_1_3_LIKE_ANY_SOME_ALL V_1_3_NULLS_FIRST_LAST_IN_ORDER_BY V_1_3_OMIT_INSERT_COLUMN_LIST
 V_1_3_PIVOT V_1_3_QUALIFY V_1_3_REPEAT V_1_3_UNNEST_AND_FLATTEN_ARRAYS V_1_3_UNPIVOT V_1_3_WITH_GROUP_ROWS
 V_1_3_WITH_RECURSIVE V_1_4_ARRAY_AGGREGATION_FUNCTIONS V_1_4_GROUPING_BUILTIN V_1_4_GROUPING_SETS
-V_1_4_GROUP_BY_ALL
+V_1_4_GROUP_BY_ALL CREATE_TABLE_FUNCTION
 """
 BIGQUERY_FEATURES = _FEATURES.split()
-STATEMENT_KINDS = ("QUERY_STMT", "MERGE_STMT", "INSERT_STMT", "UPDATE_STMT", "DELETE_STMT", "CREATE_VIEW_STMT")
+STATEMENT_KINDS = (
+    "QUERY_STMT",
+    "MERGE_STMT",
+    "INSERT_STMT",
+    "UPDATE_STMT",
+    "DELETE_STMT",
+    "CREATE_VIEW_STMT",
+    "CREATE_TABLE_FUNCTION_STMT",  # users_at (derived/users_history.py)
+)
 
 # BigQuery type names (standard and legacy) -> ZetaSQL type kinds.
 TYPE_KINDS = {

@@ -92,6 +92,7 @@ class ModelBigQuery(FakeBigQuery):
             for p in (job_config.query_parameters if job_config else [])
         }
         self.queries.append(text)
+        self.created_routine(text)
         target = _TARGET.match(text)
         if target:
             return self._dml(text, target[1])

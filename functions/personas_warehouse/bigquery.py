@@ -293,6 +293,14 @@ class Warehouse:
             current.view_query = query
             self.client.update_table(current, ["view_query"], retry=deadline.retry(), timeout=deadline.budget(10))
 
+    def routine_exists(self, dataset: str, name: str, deadline: Deadline) -> bool:
+        """Whether the function (a table function, say) is there."""
+        try:
+            self.client.get_routine(self.table_ref(dataset, name), retry=deadline.retry(), timeout=deadline.budget(10))
+        except gexc.NotFound:
+            return False
+        return True
+
     def run(self, sql: str, params: list[Any], deadline: Deadline) -> bigquery.QueryJob:
         """Run a query job to completion; a MERGE aborted by a concurrent one is run again."""
         config = bigquery.QueryJobConfig(query_parameters=params)

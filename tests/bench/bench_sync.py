@@ -158,11 +158,19 @@ def value_bytes(layout: Layout) -> dict[str, dict[str, float]]:
     event |= {"entered": 1, "_key": key, "_bucket": 8}
     stay = {"user_id": track["user_id"], "anonymous_id": 0, "audience_key": 2 + 12, "entered_at": 8, "exited_at": 8}
     stay |= {"entered_message_id": 2 + layout.id_chars, "exited_message_id": 2 + layout.id_chars, "_bucket": 8}
+    # users_history_calls: one row per identify call, its traits as sparse as in identifies.
+    calls = {"user_id": 2 + layout.user_id_chars, "timestamp": 8, "_key": key, "_starts": 1, "_bucket": 8}
+    calls |= {trait(i): 8 * trait_share for i in range(layout.traits)}
+    # users_history: every period holds every trait (an upper bound, as for users_state).
+    periods = {"id": 2 + layout.user_id_chars, "valid_from": 8, "valid_to": 8, "_bucket": 8}
+    periods |= {trait(i): 8 for i in range(layout.traits)}
     return {
         "identifies": identifies,
         "tracks": tracks,
         "users_state": state,
         "identities_state": identities_state,
+        "users_history_calls": calls,
+        "users_history": periods,
         SYNC_HISTORY: history,
         **{name: track for name in AUDIENCE_TRACKS},
         "discards": discards,
@@ -276,7 +284,7 @@ def catalog(layout: Layout) -> sqlcheck.Catalog:
     sizes = value_bytes(layout)
     found = sqlcheck.Catalog()
     kept = ("identifies", "tracks", "users_state", "identities_state", "discards", memberships.EVENTS)
-    kept += (memberships.TABLE,)
+    kept += (memberships.TABLE, "users_history_calls", "users_history")
     for name in (*kept, *AUDIENCE_TRACKS):
         columns = {c.name: c.type for c in spec(name if name not in AUDIENCE_TRACKS else "track_event").columns}
         dynamic = {c: _dynamic_type(c) for c in sizes[name]}
@@ -304,6 +312,9 @@ def rows_read(table: str, text: str, layout: Layout, *, clustered: bool, pruned:
         by_load = spec("tracks").clustering[:1] == ("loaded_at",)
         return layout.new_rows if "@since" in text and by_load and clustered else layout.track_rows
     kept = {".users_state": layout.users, ".identities_state": layout.users * layout.identifiers_per_user}
+    kept[".users_history_calls"] = layout.identify_rows
+    # users_history: a period per call (an upper bound: a call that changes nothing starts none).
+    kept[".users_history"] = layout.identify_rows
     for suffix, rows in kept.items():
         if not table.endswith(suffix):
             continue

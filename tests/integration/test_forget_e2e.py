@@ -68,7 +68,7 @@ def test_forget_a_user_everywhere_and_keep_them_out(
     wait_rows(bq, f"SELECT id FROM {ds}.audience_entered`", 2)
     wait_rows(bq, f"SELECT row_id FROM {ds}.discards`", 2)
     wait_rows(bq, f"SELECT message_id FROM `{P}.{OPS}.rejected_messages` WHERE STRPOS(data, @u) > 0", 1, u=alice)
-    sync_cli(stack, space)  # users_state gets both users
+    sync_cli(stack, space)  # users_state, users_history and its calls get both users
     dataset = f"personas_{space}"
     alice_ids = [alice, *(f"{space}-a-{s}" for s in ("i1", "i2", "t1", "bad"))]
     bob_ids = [bob, *(f"{space}-b-{s}" for s in ("i1", "i2", "t1", "bad"))]
@@ -78,6 +78,8 @@ def test_forget_a_user_everywhere_and_keep_them_out(
         "audience_entered",
         "discards",
         "users_state",
+        "users_history",
+        "users_history_calls",
     }
     assert holding(bq, OPS, [alice]) == {"rejected_messages": 1}
     bob_before = holding(bq, dataset, bob_ids)
@@ -108,14 +110,22 @@ def _forget_and_check(
     assert code == 0, report
     assert (report["rows_left"], report["status"]) == (0, "pending")
     deleted = {t: c["deleted"] for t, c in report["tables"][dataset].items() if c["deleted"]}
-    assert deleted == {"identifies": 2, "tracks": 1, "audience_entered": 1, "discards": 1, "users_state": 1}
+    assert deleted == {
+        "identifies": 2,
+        "tracks": 1,
+        "audience_entered": 1,
+        "discards": 1,
+        "users_state": 1,
+        "users_history": 1,  # one period: the second call's score was discarded, so it changed nothing
+        "users_history_calls": 2,
+    }
     assert report["tables"][OPS]["rejected_messages"]["deleted"] == 1
 
     assert holding(bq, dataset, alice_ids) == {}
     assert holding(bq, OPS, [alice]) == {"forget_pending": 1}  # the id, until the request settles
     assert holding(bq, dataset, bob_ids) == bob_before
     [audit] = [r for r in bq.list_rows(f"{P}.{OPS}.forget_requests") if r["request_id"] == report["request_id"]]
-    assert alice not in json.dumps(dict(audit.items()), default=str) and audit["rows_deleted"] == 7
+    assert alice not in json.dumps(dict(audit.items()), default=str) and audit["rows_deleted"] == 10
 
     # Later calls of the forgotten user are acked and stored nowhere; the other user's still land.
     time.sleep(2 * float(FORGET_ENV["FORGET_REFRESH_SECONDS"]))
@@ -129,6 +139,8 @@ def _forget_and_check(
     assert holding(bq, OPS, [alice]) == {"forget_pending": 1}
     sync_cli(stack, space)
     assert holding(bq, dataset, again) == {}
-    assert holding(bq, dataset, bob_ids) == {**bob_before, "identifies": bob_before["identifies"] + 1}  # + b-after
+    # + b-after: its call, stored for users_history, and the period its score (2, was 1) starts.
+    grown = ("identifies", "users_history", "users_history_calls")
+    assert holding(bq, dataset, bob_ids) == {**bob_before, **{t: bob_before[t] + 1 for t in grown}}
     log = (stack.state_dir / "logs" / "ingest.log").read_text()
     assert '"suppressed":1' in log

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 P = "personas-local"
 
 
-def sync(stack: Stack, *, timeout: float = 120, **body: Any) -> tuple[int, dict[str, Any]]:
+def sync(stack: Stack, *, timeout: float = 600, **body: Any) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         stack.config.sync_url,
         data=json.dumps(body).encode(),
@@ -28,6 +28,7 @@ def sync(stack: Stack, *, timeout: float = 120, **body: Any) -> tuple[int, dict[
         headers={"Content-Type": "application/json"},
     )
     try:
+        # Long: a run over every space rebuilds every derived table of the spaces no test synced yet.
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
@@ -65,7 +66,11 @@ def test_out_of_order_duplicates_and_anonymous(
     history = query(bq, f"SELECT * FROM `{P}.personas__ops.sync_history` WHERE run_id = @r", r=summary["run_id"])
     # One row per derived table. identities inserted u1's user_id row and the anonymous profile's anonymous_id
     # row, and a message row per call (the duplicate's once).
-    assert sorted((h["space"], h["table_name"], h["status"], h["rows_inserted"]) for h in history) == [
+    assert sorted(
+        (h["space"], h["table_name"], h["status"], h["rows_inserted"])
+        for h in history
+        if h["table_name"] in ("identities", "users")
+    ) == [
         (space, "identities", "success", 5),
         (space, "users", "success", 1),
     ]

@@ -88,7 +88,7 @@ def track(message_id: str, user: str = "alice", event: str = "Audience Entered")
 
 def populate(world: World, user: str, prefix: str, space: str | None = None) -> None:
     """Every table a user's calls reach: identifies, tracks, an event table, a discard, a rejection (its
-    data holds the id), a replay of that rejection, and users_state (written by the sync's MERGE)."""
+    data holds the id), a replay of that rejection, and the sync's tables (written by its MERGEs)."""
     world.send(identify(f"{prefix}-1", user, score=1), space)
     world.send(identify(f"{prefix}-2", user, score="high"), space)  # "high" into INT64: a discard
     world.send(track(f"{prefix}-3", user), space)
@@ -109,8 +109,14 @@ def populate(world: World, user: str, prefix: str, space: str | None = None) -> 
         == []
     )
     dataset = f"personas_{space or 'default'}"
-    world.warehouse.ensure_table(dataset, "users_state", spec("users_state"), Deadline(60))
-    world.fake.rows[f"{PROJECT}.{dataset}.users_state"].append({"id": user, "_bucket": 1})  # MERGE-written
+    # The sync's tables, written by MERGE: users_state, users_history and the calls it keeps.
+    for name, row in (
+        ("users_state", {"id": user}),
+        ("users_history", {"id": user}),
+        ("users_history_calls", {"user_id": user}),
+    ):
+        world.warehouse.ensure_table(dataset, name, spec(name), Deadline(60))
+        world.fake.rows[f"{PROJECT}.{dataset}.{name}"].append({**row, "_bucket": 1})
     world.warehouse.ensure_table(dataset, "identities_state", spec("identities_state"), Deadline(60))
     world.fake.rows[f"{PROJECT}.{dataset}.identities_state"].extend(identities_rows(user, prefix))
     # audience_memberships and its audience_events (MERGE-written): a profile is its user_id, else (an
@@ -264,7 +270,14 @@ def test_rows_in_the_streaming_buffer_are_left_pending_with_why_then_finished_by
     assert left["rejected_messages"].why.startswith("kept until replays is empty")
     deleted = {t.table: t.deleted for t in report.tables if t.deleted}
     # By MERGE, never in the buffer (alice's profile).
-    assert deleted == {"users_state": 1, "identities_state": 3, "audience_memberships": 1, "audience_events": 1}
+    assert deleted == {
+        "users_state": 1,
+        "users_history": 1,
+        "users_history_calls": 1,
+        "identities_state": 3,
+        "audience_memberships": 1,
+        "audience_events": 1,
+    }
     assert command.main is not None and report.left > 0
 
     world.advance(20 * 60)

@@ -55,7 +55,7 @@ KEYWORDS = _KEYWORDS.split()
 _SQL_NAMES = """_copy _newest copy newest id user_id anonymous_id received_at loaded_at timestamp sent_at
 original_timestamp history latest changed scope picks targets watermark_to rows_read touched ids mark n since
 space status event x s S t T a b _old old _new new _key key _user user _asof asof _rebuild rebuild rebuild_users
-users_state"""
+users_state as_of _as_of _at _h _p _c _s _was _was_id _was_from _since _last _starts _begins _upto _before"""
 SQL_NAMES = _SQL_NAMES.split()
 ODD = ["1st", "!!", "café", "Ünïcode", "firstTimeShopper"]
 LONGEST = [f"{kind.lower()} longest " + "k" * 400 for kind in TYPES]  # cut to 300 characters with a hash
@@ -166,6 +166,7 @@ class RecordingBigQuery(FakeBigQuery):
     def query(self, sql: str, job_config: bigquery.QueryJobConfig | None = None, **_: Any) -> FakeJob:
         statement = Statement(sql, _params(job_config), self.catalog(), "query")
         self.statements.append(statement)
+        self.created_routine(sql)
         rows: list[dict[str, Any]] = []
         if re.match(r"\s*SELECT", sql, re.I) and "sync_history" in sql:
             statement.analyze(self.analyzer)
@@ -281,7 +282,11 @@ SCENARIOS = [
     Scenario(
         "users_disabled",
         {"default": TRAITS, "marketing": TRAITS},
-        Settings(spaces={"marketing": SpaceConfig(disabled_tables=frozenset({"users", "audience_memberships"}))}),
+        Settings(
+            spaces={
+                "marketing": SpaceConfig(disabled_tables=frozenset({"users", "users_history", "audience_memberships"}))
+            }
+        ),
         history=True,
     ),
     Scenario("domain_scoped_project", {"default": TRAITS}, history=True, project="example.com:personas-test"),
@@ -300,6 +305,12 @@ SCENARIOS = [
         Settings(spaces={"default": SpaceConfig(disabled_tables=frozenset({"identities"}))}),
         history=True,
         context=CONTEXT | MOBILE,
+    ),
+    Scenario(  # users_history's own columns: those traits are left out of it, and said so
+        "history_column_names",
+        {"default": {**HALF, "valid_from": "STRING", "valid_to": "INT64"}},
+        history=True,
+        expect={"default": sync.PARTIAL},
     ),
 ]
 

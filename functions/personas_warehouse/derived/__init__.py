@@ -11,5 +11,6 @@ from personas_warehouse.derived.frame import Derived
 from personas_warehouse.derived.identities import IDENTITIES
 from personas_warehouse.derived.memberships import MEMBERSHIPS
 from personas_warehouse.derived.users import USERS
+from personas_warehouse.derived.users_history import USERS_HISTORY
 
-DERIVED: tuple[Derived, ...] = (USERS, IDENTITIES, MEMBERSHIPS)
+DERIVED: tuple[Derived, ...] = (USERS, USERS_HISTORY, IDENTITIES, MEMBERSHIPS)

@@ -18,8 +18,9 @@ SQL that folds new source rows in, and the SQL that rebuilds a set of keys from 
   inserted twice.
 - Partition budget. BigQuery refuses a job that modifies more than 4,000 partitions; a chunk holds at
   most PARTITION_BUDGET partitions, so no statement of the sync can, whatever the number of keys.
-- Statements run one at a time; counts come from their own DML statistics; a window with no rows
-  sends no DML.
+- Statements run one at a time; counts come from their own DML statistics (those of the table users
+  query: a statement that keeps a module's internal table is marked `Internal` and not counted); a
+  window with no rows sends no DML.
 - History. One sync_history row per space and table per run: the watermark the next run starts from,
   the layout version (a module that changes what its rows mean bumps it, and the next run rebuilds),
   the columns the module left out (so that a column switched back on is filled from history), and the
@@ -116,8 +117,14 @@ class Source:
 
 
 # The statements that do one piece of work for one chunk of keys (more than one only when the table is
-# too wide for one statement: the first of them is the one that inserts rows).
+# too wide for one statement, or when an internal table is kept beside it: the first counted one is the one
+# that inserts rows).
 Statements = Callable[[Keys, Window], list[str]]
+
+
+class Internal(str):
+    """A statement that keeps a module's internal table (users_history_calls, say), not the one its users
+    query: run in its chunk like the others, its rows not counted in the history row."""
 
 
 @dataclass(frozen=True)
@@ -265,20 +272,25 @@ class _Runner:
         return int(row["rows_read"] or 0), [int(b) for b in (row.get("touched") or [])], counts
 
     def each(self, chunked: Sequence[Keys], build: Statements, window: Window) -> None:
-        """The statements of every chunk, one at a time. Updates are counted from the first statement of a
-        chunk (the others, only for very wide tables, update the same rows); inserts and deletes from all."""
+        """The statements of every chunk, one at a time. Of those not `Internal`, updates are counted from
+        the first of a chunk (the others, only for very wide tables, update the same rows); inserts and
+        deletes from all."""
         ctx, result = self.context, self.result
         for keys in chunked:
             result.partitions += len(keys.buckets)
             result.largest_chunk = max(result.largest_chunk, len(keys.buckets))
-            for index, text in enumerate(build(keys, window)):
+            counted = 0
+            for text in build(keys, window):
                 stats = ctx.warehouse.run(text, list(window.params), ctx.deadline).dml_stats
                 result.statements += 1
+                if isinstance(text, Internal):
+                    continue
+                counted += 1
                 if stats is None:
                     continue
                 result.rows_inserted += int(stats.inserted_row_count or 0)
                 result.rows_deleted += int(getattr(stats, "deleted_row_count", 0) or 0)
-                if index == 0:
+                if counted == 1:
                     result.rows_updated += int(stats.updated_row_count or 0)
 
 

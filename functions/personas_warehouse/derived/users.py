@@ -16,11 +16,12 @@ selective sync from history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from personas_warehouse import naming, values
 from personas_warehouse.derived.frame import Backfill, Context, Keys, Plan, Source, Statements, Window
+from personas_warehouse.settings import SpaceConfig
 from personas_warehouse.sql import BUCKET, IDENTIFIES, KEY, quote, split, table, trait_columns
 from schemas.tables import spec
 
@@ -40,6 +41,18 @@ class Synced:
 
 
 ROW = Synced("received_at", ROW_ASOF)  # every call has one: its as-of is the key of the user's newest call
+
+
+def synced_traits(traits: Mapping[str, str], config: SpaceConfig, *also: str) -> dict[str, str]:
+    """The trait columns (name -> type) `users` syncs: those selective sync leaves on for users and, for a
+    table kept from the same calls (users_history), for the tables named in `also`."""
+    return {n: t for n, t in traits.items() if all(config.column_enabled(table, n) for table in (NAME, *also))}
+
+
+def clashes(wanted: Mapping[str, str], kept: Mapping[str, str]) -> list[str]:
+    """Wanted columns a kept table holds with another type than identifies': they are not synced (the run
+    is partial and says which)."""
+    return sorted(n for n, t in wanted.items() if kept.get(n) != t)
 
 
 def synced(columns: Sequence[str]) -> list[Synced]:
@@ -63,14 +76,14 @@ class Users:
                 f"sync keeps {TABLE} and makes {NAME} a view of it"
             )
         traits = trait_columns(identifies)
-        wanted = {n: t for n, t in traits.items() if config.column_enabled(NAME, n)}
+        wanted = synced_traits(traits, config)
         state = warehouse.ensure_table(dataset, TABLE, spec(TABLE), deadline)
         missing = {n: t for n, t in wanted.items() if n not in state}
         base = {c.name: c.type for c in spec(TABLE).columns if c.name not in state}  # an older layout's
         if missing or base:
             hidden = {naming.asof_column(n): values.STRING for n in missing}
             state = warehouse.add_columns(dataset, TABLE, {**base, **missing, **hidden}, deadline)
-        clashing = sorted(n for n, t in wanted.items() if state.get(n) != t)
+        clashing = clashes(wanted, state)
         columns = [ROW, *synced([n for n in wanted if n not in clashing])]
         kept = {c.column for c in columns}
         previous = context.previous.skipped_columns if context.previous else frozenset()
@@ -90,7 +103,7 @@ class Users:
                 [Source(IDENTIFIES, "user_id", f"user_id IS NOT NULL AND ({_carrying(group)})")],
                 _from_history(project, dataset, group),
             )
-            for group in _groups(switched_on)
+            for group in filter_groups(switched_on)
         ]
         return Plan(
             sources=[Source(IDENTIFIES, "user_id", "user_id IS NOT NULL")],
@@ -117,7 +130,7 @@ def _carrying(cols: Sequence[Synced]) -> str:
     return " OR ".join(f"{quote(c.column)} IS NOT NULL" for c in cols) or "FALSE"
 
 
-def _groups(cols: Sequence[Synced]) -> list[list[Synced]]:
+def filter_groups(cols: Sequence[Synced]) -> list[list[Synced]]:
     """`cols` in runs whose `_carrying` filter stays under _MAX_FILTER_CHARS."""
     groups: list[list[Synced]] = []
     used = _MAX_FILTER_CHARS
