@@ -68,7 +68,7 @@ $(CHECKOV_VENV)/.installed: infra/checkov/requirements.txt
 checkov: $(CHECKOV_VENV)/.installed
 	$(CHECKOV_VENV)/bin/checkov --skip-download -d infra/terraform --framework terraform --quiet --compact
 
-# Rewrite README's generated sections (table layouts, naming examples).
+# Rewrite the generated sections of docs/tables.md (table layouts, naming examples).
 docs: venv
 	PYTHONPATH=functions:. $(PY) -m infra.docs
 

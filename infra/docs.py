@@ -1,6 +1,6 @@
-"""Generate README's table layouts (from schemas/tables.json) and naming examples (from the naming
-rule itself), so the docs cannot drift from the code. `python -m infra.docs` rewrites README.md
-between the markers; tests/unit/test_readme.py fails when README is stale."""
+"""Generate docs/tables.md's table layouts (from schemas/tables.json) and naming examples (from the naming
+rule itself), so the docs cannot drift from the code. `python -m infra.docs` (`make docs`) rewrites
+docs/tables.md between the markers; tests/unit/test_readme.py fails when it is stale."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from personas_warehouse import naming
 from personas_warehouse.shaping import FIXED_TABLES
 from schemas.tables import spec, table_specs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TABLES_DOC = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 IDENTIFIES_BASE = spec("identifies").column_names
 
 # (what was sent, where it came from) -> the name the warehouse gets
@@ -86,14 +86,14 @@ def render(text: str) -> str:
     for name, make in SECTIONS.items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md lacks the markers of section {name}")
+            raise SystemExit(f"docs/tables.md lacks the markers of section {name}")
         text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 
 def main() -> int:
-    README.write_text(render(README.read_text()))
-    print(f"rewrote generated sections of {README}")
+    TABLES_DOC.write_text(render(TABLES_DOC.read_text()))
+    print(f"rewrote generated sections of {TABLES_DOC}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Limits and hostile input, one policy each (README, "Errors, retries and acks" > "Limits and hostile
+"""Limits and hostile input, one policy each (docs/errors.md, "Errors, retries and acks" > "Limits and hostile
 input"), through the whole ingest path over an in-memory BigQuery as strict as the real one
 (tests.fakes.StrictFakeBigQuery): a message at Pub/Sub's 10 MB maximum, more traits than the column
 budget, an unbounded stream of distinct event names, deep nesting, integers beyond INT64, timestamps
@@ -6,7 +6,7 @@ without a zone or far in the past or future, and every field of a call missing o
 
 The common promise: whatever arrives, the push is answered 204 (acked) with every call either a row or
 a rejection row saying why; never a 500, which would make Pub/Sub redeliver the same input forever.
-Where another test already holds a policy, the README table names it and nothing is repeated here.
+Where another test already holds a policy, the docs/errors.md table names it and nothing is repeated here.
 """
 
 from __future__ import annotations
