@@ -26,8 +26,12 @@ import pytest
 from google.cloud import bigquery, pubsub_v1
 
 from infra.local.stack import STAGE, Stack, StackConfig, running
+from personas_warehouse.settings import SpacePolicy
 
 CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
+# The space policy of Settings built in-process by tests: every test makes spaces of its own, far past the
+# default maximum (20) once the suite has run a while; personas-test.yaml says the same for the stack.
+WIDE_OPEN = SpacePolicy(max_space_datasets=100_000)
 # The shortest overlap settings accept (a row can become visible up to the ingest deadline plus a margin
 # after its loaded_at): runs a few seconds apart re-read each other's rows, as they do in production.
 SYNC_ENV = {"SYNC_OVERLAP_SECONDS": "80"}  # INGEST_DEADLINE_SECONDS: its default, 50

@@ -80,6 +80,7 @@ def test_forget_a_user_everywhere_and_keep_them_out(
         "users_state",
         "users_history",
         "users_history_calls",
+        "identities_state",
     }
     assert holding(bq, OPS, [alice]) == {"rejected_messages": 1}
     bob_before = holding(bq, dataset, bob_ids)
@@ -118,6 +119,7 @@ def _forget_and_check(
         "users_state": 1,
         "users_history": 1,  # one period: the second call's score was discarded, so it changed nothing
         "users_history_calls": 2,
+        "identities_state": 5,  # her identifier rows (user_id, the anonymousId her calls carried) and 3 message rows
     }
     assert report["tables"][OPS]["rejected_messages"]["deleted"] == 1
 
@@ -125,7 +127,7 @@ def _forget_and_check(
     assert holding(bq, OPS, [alice]) == {"forget_pending": 1}  # the id, until the request settles
     assert holding(bq, dataset, bob_ids) == bob_before
     [audit] = [r for r in bq.list_rows(f"{P}.{OPS}.forget_requests") if r["request_id"] == report["request_id"]]
-    assert alice not in json.dumps(dict(audit.items()), default=str) and audit["rows_deleted"] == 10
+    assert alice not in json.dumps(dict(audit.items()), default=str) and audit["rows_deleted"] == 15
 
     # Later calls of the forgotten user are acked and stored nowhere; the other user's still land.
     time.sleep(2 * float(FORGET_ENV["FORGET_REFRESH_SECONDS"]))

@@ -27,7 +27,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from tests import identities_oracle as oracle
-from tests.integration.conftest import query, wait_rows
+from tests.integration.conftest import WIDE_OPEN, query, wait_rows
 from tests.integration.test_sync_e2e import sync
 from tests.unit._support import fixture
 
@@ -130,7 +130,9 @@ def test_bad_input_never_fails_a_run(stack: Stack, bq: bigquery.Client, space: s
         {"userId": "u3", "context": {"externalIds": [{"id": "ok", "type": "T" * 1_100}, {"id": 7, "type": "n"}]}},
         {"anonymousId": "a4", "context": {"externalIds": [None, [], "x", {"id": None, "type": "t"}, {}]}},
     ]
-    settings = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project)
+    settings = Settings(
+        space_policy=WIDE_OPEN, bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project
+    )
     warehouse = Warehouse(bq)
     sent = []
     for i, body in enumerate(calls):

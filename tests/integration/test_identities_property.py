@@ -31,6 +31,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from tests import identities_oracle as oracle
+from tests.integration.conftest import WIDE_OPEN
 from tests.integration.test_identities_e2e import identities
 
 pytestmark = pytest.mark.integration
@@ -178,6 +179,7 @@ def test_incremental_identities_equal_the_oracle_and_a_rebuild(
 ) -> None:
     space = f"idprop_{next(_spaces)}_{abs(hash(str(calls))) % 10**6}"
     config = Settings(
+        space_policy=WIDE_OPEN,
         bigquery_emulator_host=stack.config.bigquery_url,
         project=stack.config.project,
         sync_overlap_seconds=OVERLAP_SECONDS,
@@ -230,7 +232,10 @@ def test_a_run_that_dies_between_statements_counts_nothing_twice(stack: Stack, b
     what the dead run folded exactly once."""
     space = f"iddie_{next(_spaces)}"
     config = Settings(
-        bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project, sync_overlap_seconds=600
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=stack.config.project,
+        sync_overlap_seconds=600,
     )
     warehouse = Warehouse(bq)
     stored: list[tuple[dict[str, Any], datetime]] = []

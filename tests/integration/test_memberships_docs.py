@@ -20,7 +20,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.sync import run_sync
-from tests.integration.conftest import query
+from tests.integration.conftest import WIDE_OPEN, query
 
 pytestmark = pytest.mark.integration
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "audience_memberships.md"
@@ -89,7 +89,12 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 def test_the_pages_sql_answers_as_shown(stack: Stack, bq: bigquery.Client) -> None:
     project, space = stack.config.project, "docs_memberships"
-    config = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=0)
+    config = Settings(
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        sync_overlap_seconds=0,
+    )
     warehouse = Warehouse(bq)
     for i, call in enumerate(CALLS):
         data = base64.b64encode(json.dumps(call).encode()).decode()

@@ -21,7 +21,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import PersonasEvents, Settings, SpaceConfig
 from personas_warehouse.sync import run_sync
-from tests.integration.conftest import query
+from tests.integration.conftest import WIDE_OPEN, query
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "segment"
@@ -33,7 +33,12 @@ def stays(stack: Stack, bq: bigquery.Client, space: str, config: SpaceConfig) ->
     """The fixtures' calls ingested into `space` (routed by the attribute: the test config maps their
     space_id to no space here), one sync run, and the stays it keeps."""
     project = stack.config.project
-    settings = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, spaces={space: config})
+    settings = Settings(
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        spaces={space: config},
+    )
     warehouse = Warehouse(bq)
     for name in SENT:
         call = json.loads((FIXTURES / f"{name}.json").read_text())["data"]

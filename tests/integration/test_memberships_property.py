@@ -37,7 +37,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings, SpaceConfig
 from personas_warehouse.sync import run_sync
-from tests.integration.conftest import query
+from tests.integration.conftest import WIDE_OPEN, query
 from tests.integration.test_sync_concurrency import Hooked, bucket, small_budget
 from tests.sync_fakes import _BETWEEN, _IN, confined_to
 
@@ -203,6 +203,7 @@ def run(
     in `chunks` runs of the sync, then compare with the oracle and a full rebuild."""
     space = f"aud_{next(_spaces)}_{abs(hash(str(specs))) % 10**6}"
     config = Settings(
+        space_policy=WIDE_OPEN,
         bigquery_emulator_host=stack.config.bigquery_url,
         project=stack.config.project,
         sync_overlap_seconds=0,
@@ -344,6 +345,7 @@ def test_calls_that_land_between_statements_are_folded_once(
     them; memberships then equal the oracle over every call and a full rebuild."""
     project, space = stack.config.project, f"aud_land_{next(_spaces)}"
     config = Settings(
+        space_policy=WIDE_OPEN,
         bigquery_emulator_host=stack.config.bigquery_url,
         project=project,
         sync_overlap_seconds=30,

@@ -40,7 +40,7 @@ from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.sync import run_sync
 from tests import identities_oracle
-from tests.integration.conftest import OVERLAP_SECONDS, query, wait_rows
+from tests.integration.conftest import OVERLAP_SECONDS, WIDE_OPEN, query, wait_rows
 from tests.integration.test_identities_e2e import identities
 from tests.integration.test_sync_property import oracle
 from tests.sync_fakes import _BETWEEN, _IN, confined_to
@@ -157,7 +157,12 @@ def test_rows_that_land_between_statements_are_folded_once(
     stack: Stack, bq: bigquery.Client, boundaries: list[list[tuple[str, int, str | None]]], seed: int
 ) -> None:
     project, space = stack.config.project, f"land_{next(_counter)}"
-    config = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=30)
+    config = Settings(
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        sync_overlap_seconds=30,
+    )
     plain = Warehouse(bq)
     rng = random.Random(seed)
     users = [f"u{i}" for i in range(12)]
@@ -206,7 +211,10 @@ def test_calls_streamed_while_syncs_run_back_to_back(
     run one after another; then the sync catches up."""
     project, space = stack.config.project, f"stream_{next(_counter)}"
     config = Settings(
-        bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=OVERLAP_SECONDS
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        sync_overlap_seconds=OVERLAP_SECONDS,
     )
     warehouse = Warehouse(bq)
     rng = random.Random(7)
@@ -250,7 +258,12 @@ def test_each_statement_modifies_only_the_partitions_it_names(stack: Stack, bq: 
     partitions whose rows changed are among those the statement's constant filters name, and no more than
     the budget."""
     project, space = stack.config.project, f"parts_{next(_counter)}"
-    config = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=30)
+    config = Settings(
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        sync_overlap_seconds=30,
+    )
     plain = Warehouse(bq)
     rng = random.Random(3)
     now = datetime.now(UTC) - timedelta(minutes=1)

@@ -20,6 +20,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.sync import run_sync
+from tests.integration.conftest import WIDE_OPEN
 
 pytestmark = pytest.mark.integration
 DOC = Path(__file__).resolve().parents[2] / "docs" / "users_history.md"
@@ -59,7 +60,12 @@ def shown(value: Any) -> str:
 def test_every_sql_block_of_the_page_gives_the_result_it_shows(stack: Stack, bq: bigquery.Client) -> None:
     doc = DOC.read_text()
     project, space = stack.config.project, f"docs_{datetime.now(UTC):%H%M%S%f}"
-    config = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=0)
+    config = Settings(
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        sync_overlap_seconds=0,
+    )
     warehouse = Warehouse(bq)
     calls = calls_of(doc)
     assert len(calls) == 7 and sum(last for _, last in calls) == 1

@@ -18,7 +18,7 @@ from infra.local.stack import Stack
 from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.settings import Settings, SpaceConfig
 from personas_warehouse.sync import run_sync
-from tests.integration.conftest import query
+from tests.integration.conftest import WIDE_OPEN, query
 from tests.integration.test_sync_concurrency import Hooked, identify, land, small_budget, stored_calls
 from tests.integration.test_users_history_property import narrowed, periods_oracle, table_of
 from tests.sync_fakes import _BETWEEN, _IN, confined_to
@@ -32,7 +32,9 @@ def space_of(name: str) -> str:
 
 
 def settings_for(stack: Stack, **kw: Any) -> Settings:
-    return Settings(bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project, **kw)
+    return Settings(
+        space_policy=WIDE_OPEN, bigquery_emulator_host=stack.config.bigquery_url, project=stack.config.project, **kw
+    )
 
 
 def without(sent: list[tuple[dict[str, Any], datetime]], trait: str) -> list[tuple[dict[str, Any], datetime]]:

@@ -33,7 +33,7 @@ from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.sync import run_sync
-from tests.integration.conftest import query
+from tests.integration.conftest import WIDE_OPEN, query
 from tests.integration.test_sync_property import rank
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,12 @@ def test_users_history_equals_the_oracle_at_every_moment(
 ) -> None:
     space = f"hist_{next(_spaces)}_{abs(hash(str(calls))) % 10**6}"
     project = stack.config.project
-    config = Settings(bigquery_emulator_host=stack.config.bigquery_url, project=project, sync_overlap_seconds=0)
+    config = Settings(
+        space_policy=WIDE_OPEN,
+        bigquery_emulator_host=stack.config.bigquery_url,
+        project=project,
+        sync_overlap_seconds=0,
+    )
     sent: Sent = []
     sentences = Recorder(bq)
     with narrowed(narrow):
