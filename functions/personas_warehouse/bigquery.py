@@ -7,12 +7,14 @@ a writer may ask about."""
 from __future__ import annotations
 
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
@@ -347,3 +349,28 @@ class Warehouse:
             return [dict(row.items()) for row in rows]
         except gexc.NotFound:
             return None
+
+
+_T = TypeVar("_T")
+
+
+class PerWarehouse(Generic[_T]):
+    """One value per Warehouse, that is per instance (app.py keeps one Warehouse per instance), made by
+    `make` on first use and dropped with its Warehouse: the instance-wide caches of ingest hang here."""
+
+    def __init__(self, make: Callable[[Warehouse], _T]) -> None:
+        self._make = make
+        self._made: weakref.WeakKeyDictionary[Warehouse, _T] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, warehouse: Warehouse) -> _T:
+        with self._lock:
+            found = self._made.get(warehouse)
+            if found is None:
+                found = self._made[warehouse] = self._make(warehouse)
+            return found
+
+    def put(self, warehouse: Warehouse, value: _T) -> None:
+        """Give `warehouse` this value (tests: a cache with a clock of their own)."""
+        with self._lock:
+            self._made[warehouse] = value

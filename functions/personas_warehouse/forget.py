@@ -35,7 +35,6 @@ import json
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -45,7 +44,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from personas_warehouse import forget_sql, naming
-from personas_warehouse.bigquery import Deadline, Warehouse, query_parameters
+from personas_warehouse.bigquery import Deadline, PerWarehouse, Warehouse, query_parameters
+from personas_warehouse.derived.frame import chunks
 from personas_warehouse.errors import TransientError
 from personas_warehouse.forget_sql import Ids, Statement, Target
 from personas_warehouse.logs import log
@@ -216,9 +216,6 @@ def _delete(
 ) -> tuple[int, str | None]:
     """Rows deleted, and why some were left (a DELETE per chunk of via sources, see forget_sql.chunks; and,
     in a table split into integer ranges, per chunk of at most PARTITION_BUDGET partitions)."""
-    # Imported here: ingest imports this module (drop_suppressed), and needs none of the derived tables.
-    from personas_warehouse.derived.frame import chunks
-
     deleted, why = 0, None
     total = spec(target.kind).buckets if target.kind in table_specs() else None
     partitions = [keys.buckets for keys in chunks(range(total), total)] if total else [None]
@@ -646,17 +643,8 @@ def _read_suppressions(warehouse: Warehouse, settings: Settings, deadline: Deadl
     return Suppressed(by_hash, key)
 
 
-_CACHES: weakref.WeakKeyDictionary[Warehouse, SuppressionCache] = weakref.WeakKeyDictionary()
-_CACHES_LOCK = threading.Lock()
-
-
-def suppression_cache(warehouse: Warehouse) -> SuppressionCache:
-    """The instance's cache (one per Warehouse, which app.py keeps one of per instance)."""
-    with _CACHES_LOCK:
-        cache = _CACHES.get(warehouse)
-        if cache is None:
-            cache = _CACHES[warehouse] = SuppressionCache()
-        return cache
+# The instance's cache of forgotten ids (one per Warehouse).
+suppression_cache: PerWarehouse[SuppressionCache] = PerWarehouse(lambda _: SuppressionCache())
 
 
 def drop_suppressed(

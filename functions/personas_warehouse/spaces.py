@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 
-from personas_warehouse.bigquery import Deadline, Warehouse
+from personas_warehouse.bigquery import Deadline, PerWarehouse
 from personas_warehouse.messages import space_refusal
 from personas_warehouse.settings import Settings
 from schemas.config import LISTED_SPACES
@@ -79,14 +78,5 @@ class SpaceCatalog:
                 return reason
 
 
-_CATALOGS: weakref.WeakKeyDictionary[Warehouse, SpaceCatalog] = weakref.WeakKeyDictionary()
-_CATALOGS_LOCK = threading.Lock()
-
-
-def catalog_of(warehouse: Warehouse) -> SpaceCatalog:
-    """One catalog per Warehouse, that is per instance (app.py keeps one Warehouse per instance)."""
-    with _CATALOGS_LOCK:
-        found = _CATALOGS.get(warehouse)
-        if found is None:
-            found = _CATALOGS[warehouse] = SpaceCatalog(warehouse.space_slugs)
-        return found
+# One catalog per Warehouse, that is per instance.
+catalog_of: PerWarehouse[SpaceCatalog] = PerWarehouse(lambda warehouse: SpaceCatalog(warehouse.space_slugs))

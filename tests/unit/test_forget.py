@@ -49,7 +49,7 @@ class World:
         self.warehouse = Warehouse(self.fake, sleep=lambda s: None)  # type: ignore[arg-type]
         self.settings = settings
         self.cache = SuppressionCache(clock=self.clock)
-        forget._CACHES[self.warehouse] = self.cache
+        forget.suppression_cache.put(self.warehouse, self.cache)
         self.messages = 0
 
     def now(self) -> datetime:
