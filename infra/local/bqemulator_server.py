@@ -26,6 +26,14 @@
    Dataset", which the functions read as "create the dataset first" (they create a space dataset only
    then, so that a caller without bigquery.datasets.create never needs it). Here such a request gets
    BigQuery's 404.
+8. bqemulator answers its read-only REST routes (tables.get, tabledata.list, datasets.get/list, jobs.get)
+   from FastAPI's thread pool and its write routes (insertAll, jobs.insert, queries) on the event loop,
+   all on its one DuckDB connection. Two threads on one DuckDB connection deadlock: with insertAll
+   unregistering its Arrow table on the loop while a pool thread ran tabledata.list's COUNT(*), REST hung
+   for good (measured 2026-12-04: 16 client threads mixing insertAll, queries, tables.get and
+   tabledata.list wedged it within 200 calls every time; CI hit it in the sync concurrency tests and
+   ran out of time). Here every thread but the event loop's gets a cursor of its own, DuckDB's
+   thread-safe way, as 6 does for the Write API's appends.
 
 Also, for the benchmark (tests/bench): write requests are counted on the server side, and
 `GET /_personas/counters` answers `{"insertAll": n, "appendRows": m, "appendRowsConnections": c,
@@ -58,6 +66,7 @@ from bqemulator.cli import main
 from bqemulator.domain.errors import DomainError
 from bqemulator.grpc_api.write_servicer import BigQueryWriteHandler
 from bqemulator.jobs.executor import JOB_RESULTS
+from bqemulator.storage.engine import DuckDBEngine
 from bqemulator.storage.sql_identifiers import quoted_table_ref
 from bqemulator.storage.type_map import bq_schema_to_duckdb_columns
 
@@ -230,6 +239,22 @@ def _flush_on_own_cursor(self: Any, stream: Any, rows: Any) -> None:
         self._ctx.snapshots.record_change(stream.project_id, stream.dataset_id, stream.table_id)
 
 
+_loop_connection = DuckDBEngine.connection
+_thread_cursors = threading.local()
+
+
+def _connection_of_this_thread(self: DuckDBEngine) -> Any:
+    """The engine's connection on the event loop's thread (the main thread), and a cursor of this thread's
+    own on any other (see 8 above). Pool threads live as long as the server, so each keeps its cursor."""
+    connection = _loop_connection.fget(self)  # type: ignore[attr-defined]
+    if threading.current_thread() is threading.main_thread():
+        return connection
+    if getattr(_thread_cursors, "of", None) is not connection:
+        _thread_cursors.of, _thread_cursors.cursor = connection, connection.cursor()
+    return _thread_cursors.cursor
+
+
+DuckDBEngine.connection = property(_connection_of_this_thread)  # type: ignore[method-assign,assignment]
 write_servicer.BigQueryWriteHandler._flush_to_target = _flush_on_own_cursor  # type: ignore[method-assign]
 for cls in (MemoryCatalogRepository, DuckDBCatalogRepository):
     cls.update_table = _also_alter_storage(cls.update_table)

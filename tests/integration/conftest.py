@@ -82,7 +82,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     config = replace(WRITERS[writer], state_dir=str(state))
     with running(config) as started:
         yield started
-    if os.environ.get("CI"):
+    if os.environ.get("CI") or request.session.testsfailed:  # what the stack said, where CI's log shows it
         for log in sorted((state / "logs").glob("*.log")):
             tail = log.read_text(errors="replace").splitlines()[-20:]
             print(f"\n== {log.name} (last lines)\n" + "\n".join(tail))
