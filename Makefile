@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAGE := build/function
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: venv stage demo up down test unit faults lint checkov docs bench load clean
+.PHONY: venv stage demo up down test unit property faults lint checkov docs bench load clean
 
 $(VENV)/.installed: requirements-dev.txt requirements-lock.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: venv stage
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
+
+# The property tests on the local stack with 8 random examples each (`make test` runs 3, besides their explicit
+# cases; tests/integration/conftest.py, PROPERTY_EXAMPLES). About 20 minutes; run it before a release.
+property: venv stage
+	PERSONAS_PROPERTY_EXAMPLES=8 $(PY) -m pytest -q tests/integration -k property
 
 # The fault tests (tests/faults, not in `make test`): each starts its own stack (ports 28050-28485), injects
 # one fault mid-stream, then reconciles and compares users with a full rebuild. About 3 minutes.

@@ -32,6 +32,10 @@ CONFIG_FILE = Path(__file__).with_name("personas-test.yaml")
 # The space policy of Settings built in-process by tests: every test makes spaces of its own, far past the
 # default maximum (20) once the suite has run a while; personas-test.yaml says the same for the stack.
 WIDE_OPEN = SpacePolicy(max_space_datasets=100_000)
+# Random examples per property test on the stack, besides its explicit @example cases. Each costs several
+# syncs, and bqemulator spends seconds translating each of their MERGEs: `make test` runs 3;
+# `make property` runs 8 (PERSONAS_PROPERTY_EXAMPLES=8), as the tests did before the suite had four tables.
+PROPERTY_EXAMPLES = int(os.environ.get("PERSONAS_PROPERTY_EXAMPLES", "3"))
 # The shortest overlap settings accept (a row can become visible up to the ingest deadline plus a margin
 # after its loaded_at): runs a few seconds apart re-read each other's rows, as they do in production.
 SYNC_ENV = {"SYNC_OVERLAP_SECONDS": "80"}  # INGEST_DEADLINE_SECONDS: its default, 50
@@ -40,7 +44,8 @@ OVERLAP_SECONDS = 80
 FORGET_ENV = {"FORGET_HASH_KEY": "integration-test-key-" + "0" * 16, "FORGET_REFRESH_SECONDS": "1"}
 
 
-def _config(base: int, **env: str) -> StackConfig:
+def integration_config(base: int, **env: str) -> StackConfig:
+    """A stack configured as the session's, on ports from `base` (StackConfig.spare)."""
     return StackConfig.spare(
         base,
         "integration",
@@ -56,9 +61,10 @@ def _config(base: int, **env: str) -> StackConfig:
     )
 
 
-TEST_CONFIG = _config(18_000, BIGQUERY_WRITER="insert_all")  # named: storage_write, the default, is the second stack's
+# The session's stack names its writer: storage_write, the default, is the second stack's.
+TEST_CONFIG = integration_config(18_000, BIGQUERY_WRITER="insert_all")
 # The same stack with the functions writing through the Storage Write API, on ports of its own.
-STORAGE_WRITE_CONFIG = _config(18_100, BIGQUERY_WRITER="storage_write")
+STORAGE_WRITE_CONFIG = integration_config(18_100, BIGQUERY_WRITER="storage_write")
 WRITERS = {"insert_all": TEST_CONFIG, "storage_write": STORAGE_WRITE_CONFIG}
 
 pytestmark = pytest.mark.integration

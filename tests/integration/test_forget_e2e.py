@@ -119,7 +119,7 @@ def _forget_and_check(
         "users_state": 1,
         "users_history": 1,  # one period: the second call's score was discarded, so it changed nothing
         "users_history_calls": 2,
-        "identities_state": 5,  # her identifier rows (user_id, the anonymousId her calls carried) and 3 message rows
+        "identities_state": 4,  # her user_id row and a message row per stored call (i1, i2, t1; not the refused one)
     }
     assert report["tables"][OPS]["rejected_messages"]["deleted"] == 1
 
@@ -127,7 +127,7 @@ def _forget_and_check(
     assert holding(bq, OPS, [alice]) == {"forget_pending": 1}  # the id, until the request settles
     assert holding(bq, dataset, bob_ids) == bob_before
     [audit] = [r for r in bq.list_rows(f"{P}.{OPS}.forget_requests") if r["request_id"] == report["request_id"]]
-    assert alice not in json.dumps(dict(audit.items()), default=str) and audit["rows_deleted"] == 15
+    assert alice not in json.dumps(dict(audit.items()), default=str) and audit["rows_deleted"] == 14
 
     # Later calls of the forgotten user are acked and stored nowhere; the other user's still land.
     time.sleep(2 * float(FORGET_ENV["FORGET_REFRESH_SECONDS"]))
@@ -141,8 +141,9 @@ def _forget_and_check(
     assert holding(bq, OPS, [alice]) == {"forget_pending": 1}
     sync_cli(stack, space)
     assert holding(bq, dataset, again) == {}
-    # + b-after: its call, stored for users_history, and the period its score (2, was 1) starts.
-    grown = ("identifies", "users_history", "users_history_calls")
+    # + b-after: its call, stored for users_history, the period its score (2, was 1) starts, and its message
+    # row in identities_state.
+    grown = ("identifies", "users_history", "users_history_calls", "identities_state")
     assert holding(bq, dataset, bob_ids) == {**bob_before, **{t: bob_before[t] + 1 for t in grown}}
     log = (stack.state_dir / "logs" / "ingest.log").read_text()
     assert '"suppressed":1' in log

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from bqemulator.sql.builtin_udfs import bqemu_farm_fingerprint
@@ -33,14 +34,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.local.stack import Stack
+from personas_warehouse import sync
 from personas_warehouse.bigquery import Warehouse
 from personas_warehouse.derived import frame
+from personas_warehouse.derived.identities import IDENTITIES
+from personas_warehouse.derived.users import USERS
 from personas_warehouse.ingest import ingest
 from personas_warehouse.messages import PubSubMessage
 from personas_warehouse.settings import Settings
 from personas_warehouse.sync import run_sync
 from tests import identities_oracle
-from tests.integration.conftest import OVERLAP_SECONDS, WIDE_OPEN, query, wait_rows
+from tests.integration.conftest import OVERLAP_SECONDS, PROPERTY_EXAMPLES, WIDE_OPEN, query, wait_rows
 from tests.integration.test_identities_e2e import identities
 from tests.integration.test_sync_property import oracle
 from tests.sync_fakes import _BETWEEN, _IN, confined_to
@@ -130,6 +134,15 @@ def assert_right(bq: bigquery.Client, warehouse: Warehouse, config: Settings, pr
     assert users_of(bq, project, space) == incremental and identities(bq, space) == kept
 
 
+@pytest.fixture(autouse=True)
+def _users_and_identities_only() -> Iterator[None]:
+    """The sync of users and identities, which this file checks (assert_right): users_history's and
+    audience_memberships' runs under the same conditions are their own tests' (test_users_history_e2e.py,
+    test_memberships_property.py), and would triple these runs' time on the emulator."""
+    with mock.patch.object(sync, "DERIVED", (USERS, IDENTITIES)):
+        yield
+
+
 @contextmanager
 def small_budget(budget: int) -> Iterator[None]:
     saved = frame.PARTITION_BUDGET
@@ -151,7 +164,7 @@ landings = st.lists(
 )
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=PROPERTY_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(boundaries=st.lists(landings, min_size=1, max_size=4), seed=st.integers(0, 2**16))
 def test_rows_that_land_between_statements_are_folded_once(
     stack: Stack, bq: bigquery.Client, boundaries: list[list[tuple[str, int, str | None]]], seed: int
