@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from personas_warehouse import naming
 from personas_warehouse.bigquery import Deadline, Warehouse
 from personas_warehouse.derived import DERIVED, identities
-from personas_warehouse.derived.frame import Context, Keys, Plan, Window
+from personas_warehouse.derived.frame import Context, Derived, Keys, Plan, TableResult, Window, run_table
 from personas_warehouse.settings import Settings, SpaceConfig
 from schemas.tables import spec
 from tests import identities_oracle as oracle
@@ -186,9 +186,17 @@ def plan_for(tables: dict[str, dict[str, str]], config: SpaceConfig | None = Non
     return identities.IDENTITIES.plan(context)
 
 
-def test_switched_off_by_selective_sync() -> None:
-    off = SpaceConfig(disabled_tables=frozenset({"identities"}))
-    assert plan_for({"identifies": {}}, off) == "identities is disabled by selective sync"
+@pytest.mark.parametrize("derived", DERIVED, ids=lambda d: d.name)
+def test_every_derived_table_is_switched_off_by_selective_sync_before_its_plan(derived: Derived) -> None:
+    """The frame asks the space's config, in one place for every derived table: a table switched off is never
+    planned (this fake answers no query, so any statement would raise)."""
+    client = FakeBigQuery(PROJECT)
+    off = SpaceConfig(disabled_tables=frozenset({derived.name}))
+    context = Context(Warehouse(client), Settings(project=PROJECT), "default", off, DATASET, Deadline(60), None)  # type: ignore[arg-type]
+    result = TableResult("default", derived.name, derived.layout)
+    run_table(derived, context, datetime.now(UTC), result)
+    assert (result.status, result.error) == ("skipped", f"{derived.name} is disabled by selective sync")
+    assert not client.tables and not client.datasets  # a plan would have laid out its kept table
 
 
 def test_nothing_to_read_yet() -> None:

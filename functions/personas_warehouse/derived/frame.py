@@ -212,6 +212,9 @@ class TableResult:
 def run_table(derived: Derived, context: Context, until: datetime, result: TableResult) -> None:
     """One derived table in one space: plan, window, chunks, statements, views. Fills `result`; raises
     when a statement fails (the watermark then stays where it was)."""
+    if not context.config.table_enabled(derived.name):
+        result.status, result.error = SKIPPED, f"{derived.name} is disabled by selective sync"
+        return
     plan = derived.plan(context)
     if isinstance(plan, str):
         result.status, result.error = SKIPPED, plan

@@ -340,8 +340,6 @@ class Identities:
 
     def plan(self, context: Context) -> Plan | str:
         warehouse, dataset, deadline = context.warehouse, context.dataset, context.deadline
-        if not context.config.table_enabled(NAME):
-            return f"{NAME} is disabled by selective sync"
         schemas: dict[str, Schema | None] = {s: warehouse.existing_schema(dataset, s, deadline) for s in SOURCES}
         reads = {s: reading(s, schema) for s, schema in schemas.items() if schema is not None}
         if not reads:

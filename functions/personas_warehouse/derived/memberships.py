@@ -125,8 +125,6 @@ class Memberships:
 
     def plan(self, context: Context) -> Plan | str:
         warehouse, dataset, deadline, config = context.warehouse, context.dataset, context.deadline, context.config
-        if not config.table_enabled(NAME):
-            return f"{NAME} is disabled by selective sync"
         identifies = warehouse.existing_schema(dataset, IDENTIFIES, deadline) or {}
         has_identifies = CLASS_COLUMN in identifies and KEY_COLUMN in identifies
         tracks, keyless = [], []  # event tables with a column naming the audience, and without one

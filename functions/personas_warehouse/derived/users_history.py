@@ -55,8 +55,6 @@ class UsersHistory:
 
     def plan(self, context: Context) -> Plan | str:
         warehouse, dataset, deadline, config = context.warehouse, context.dataset, context.deadline, context.config
-        if not config.table_enabled(NAME):
-            return f"{NAME} is disabled by selective sync"
         identifies = warehouse.existing_schema(dataset, IDENTIFIES, deadline)
         if identifies is None:
             return "no identifies table yet"
