@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from google.cloud import bigquery
 
 from personas_warehouse import sql, values
-from personas_warehouse.bigquery import Deadline, Warehouse
+from personas_warehouse.bigquery import Deadline, Described, Warehouse
 from personas_warehouse.settings import Settings, SpaceConfig
 from schemas.tables import spec
 
@@ -207,6 +207,18 @@ class TableResult:
     error: str | None = None
     started_at: str = ""
     finished_at: str = ""
+
+
+def existing_view(warehouse: Warehouse, dataset: str, view: str, kept: str, deadline: Deadline) -> Described | None:
+    """The derived table's view as it stands (None if not made yet). A table holding its name (an older
+    layout, or someone's own) is refused, never dropped: its rows may be all someone has."""
+    found = warehouse.describe(dataset, view, deadline)
+    if found is not None and found.kind != "VIEW":
+        raise RuntimeError(
+            f"{dataset}.{view} is a {found.kind.lower()}, not a view: an older layout? Drop or rename it; the sync "
+            f"keeps {kept} and makes {view} a view of it"
+        )
+    return found
 
 
 def run_table(derived: Derived, context: Context, until: datetime, result: TableResult) -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from personas_warehouse import naming, values
 from personas_warehouse.bigquery import Schema
-from personas_warehouse.derived.frame import Context, Keys, Plan, Source, Window
+from personas_warehouse.derived.frame import Context, Keys, Plan, Source, Window, existing_view
 from personas_warehouse.shaping import TRACKS
 from personas_warehouse.sql import BUCKET, IDENTIFIES, quote, table
 from schemas.tables import spec
@@ -344,12 +344,7 @@ class Identities:
         reads = {s: reading(s, schema) for s, schema in schemas.items() if schema is not None}
         if not reads:
             return "no identifies or tracks table yet"
-        view = warehouse.describe(dataset, NAME, deadline)
-        if view is not None and view.kind != "VIEW":
-            raise RuntimeError(
-                f"{dataset}.{NAME} is a {view.kind.lower()}, not a view: drop or rename it; the sync keeps "
-                f"{TABLE} and makes {NAME} a view of it"
-            )
+        view = existing_view(warehouse, dataset, NAME, TABLE, deadline)
         warehouse.ensure_table(dataset, TABLE, spec(TABLE), deadline)
         project = warehouse.project
         query = identities_view_query(project, dataset)

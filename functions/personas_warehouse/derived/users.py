@@ -20,7 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from personas_warehouse import naming, values
-from personas_warehouse.derived.frame import Backfill, Context, Keys, Plan, Source, Statements, Window
+from personas_warehouse.derived.frame import (
+    Backfill,
+    Context,
+    Keys,
+    Plan,
+    Source,
+    Statements,
+    Window,
+    existing_view,
+)
 from personas_warehouse.settings import SpaceConfig
 from personas_warehouse.sql import BUCKET, IDENTIFIES, KEY, quote, split, table, trait_columns
 from schemas.tables import spec
@@ -67,12 +76,7 @@ class Users:
         identifies = warehouse.existing_schema(dataset, IDENTIFIES, deadline)
         if identifies is None:
             return "no identifies table yet"
-        view = warehouse.describe(dataset, NAME, deadline)
-        if view is not None and view.kind != "VIEW":
-            raise RuntimeError(
-                f"{dataset}.{NAME} is a {view.kind.lower()}, not a view: an older layout? Drop or rename it; the "
-                f"sync keeps {TABLE} and makes {NAME} a view of it"
-            )
+        view = existing_view(warehouse, dataset, NAME, TABLE, deadline)
         traits = trait_columns(identifies)
         wanted = synced_traits(traits, config)
         state = warehouse.ensure_table(dataset, TABLE, spec(TABLE), deadline)
